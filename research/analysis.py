@@ -1,0 +1,58 @@
+"""Load a finished (or running) experiment from its workdir, for notebooks and analysis scripts.
+
+  exp = research.load_experiment('workdirs/quickstart')
+  logits = exp.model.apply({'params': exp.params}, batch)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from research import checkpoints, config as config_lib, metrics as metrics_lib, train
+from research.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer
+
+
+@dataclasses.dataclass
+class LoadedExperiment:
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  params: Any
+  metrics: list[dict]  # every record of metrics.jsonl, in order
+  tokenizer: Tokenizer
+  step: int
+  objective: Any
+
+
+def load_experiment(workdir: str, step: int | None = None) -> LoadedExperiment:
+  """Config, model, parameters (on one device) and metrics history of `workdir` at `step` (default: latest)."""
+  config_path = os.path.join(workdir, train.CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise config_lib.ConfigError(f'{workdir} holds no {train.CONFIG_FILE}; is it a training workdir?')
+  with open(config_path) as f:
+    config = config_lib.from_json(f.read())
+  vocab_path = os.path.join(workdir, train.VOCAB_FILE)
+  if os.path.exists(vocab_path):
+    with open(vocab_path, 'rb') as f:
+      tokenizer = SentencePieceTokenizer(f.read())
+  else:
+    tokenizer = ByteTokenizer()
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  config.train.batch_size = config.eval.batch_size = 1
+  exp = train.setup(config, devices=jax.devices()[:1], tokenizer=tokenizer)
+  checkpointer = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  steps = checkpointer.all_steps()
+  if not steps:
+    raise config_lib.ConfigError(f'{workdir} holds no complete checkpoint yet')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise config_lib.ConfigError(f'{workdir} has no checkpoint at step {step}; it has steps {steps}')
+  state = checkpointer.restore(step, exp.abstract_state)
+  checkpointer.close()
+  return LoadedExperiment(config, exp.model, state.params, metrics_lib.read_metrics(workdir), tokenizer, step,
+                          exp.objective)

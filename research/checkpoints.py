@@ -1,0 +1,77 @@
+"""Checkpoints with Orbax: train state and data-iterator state, saved together per step.
+
+Orbax writes each step into a temporary directory and renames it only once every process has
+finished writing, so an interrupted save is never listed as a step and never restored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from research.config import ConfigError
+
+
+def path_keys(path) -> tuple[str, ...]:
+  """A pytree path as plain names, the same for dict keys, attributes and sequence indices."""
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def path_name(path) -> str:
+  return '/'.join(path_keys(path))
+
+
+class Checkpointer:
+  """Keeps the last `keep` steps of `directory`; saves are asynchronous (training continues)."""
+
+  def __init__(self, directory: str, keep: int = 2, asynchronous: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous,
+                                             create=True),
+        item_handlers={'state': ocp.StandardCheckpointHandler(), 'data': grain.checkpoint.CheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, data_iterator=None, force: bool = False) -> None:
+    items = {'state': ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
+    """Restores the state onto the shardings of `abstract_state` (ShapeDtypeStructs), and the
+    data iterator in place; refuses a checkpoint whose tensors do not match by name and shape."""
+    self.check_shapes(step, abstract_state)
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
+
+  def check_shapes(self, step: int, abstract_state: Any) -> None:
+    saved = self.manager.item_metadata(step)['state']
+    saved_leaves = {path_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(saved)}
+    wanted = {path_name(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    where = os.path.join(self.directory, str(step))
+    for name, shape in wanted.items():
+      if name not in saved_leaves:
+        raise ConfigError(f'checkpoint {where} has no tensor {name}; it was written by a different model')
+      if saved_leaves[name] != shape:
+        raise ConfigError(f'checkpoint {where}: tensor {name} has shape {saved_leaves[name]} but the model '
+                          f'expects {shape}; it was written by a different config')
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

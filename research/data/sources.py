@@ -1,0 +1,128 @@
+"""Where examples come from: a TFDS dataset (array_record, no TensorFlow) or a user's TSV/JSONL files.
+
+Either way a split is a random-access sequence of {'input': str, 'target': str}, which the grain
+pipeline shuffles, tokenizes and batches the same way.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Sequence
+
+import grain
+import ml_collections
+import tensorflow_datasets as tfds
+
+from research.config import ConfigError, check_choice
+from research.data import tokenizer as tokenizer_lib
+
+Records = Sequence[dict]
+
+
+def open_split(data: ml_collections.ConfigDict, split: str) -> Records:
+  """The examples of `split` ('train' or 'eval') as a random-access sequence of {'input', 'target'}."""
+  if data.source == 'tfds':
+    return _tfds_split(data, data.train_split if split == 'train' else data.eval_split)
+  if data.source == 'files':
+    return _file_split(data.train_files if split == 'train' else data.eval_files, data, split)
+  raise ConfigError(f"data.source={data.source!r} is not one of 'tfds', 'files'")
+
+
+def tokenizer_for(data: ml_collections.ConfigDict, train: Records) -> tokenizer_lib.Tokenizer:
+  """The tokenizer named by `data.tokenizer`; SentencePiece is trained once and cached next to the data."""
+  if data.tokenizer == 'bytes':
+    return tokenizer_lib.ByteTokenizer()
+  if data.tokenizer != 'sentencepiece':
+    raise ConfigError(f"data.tokenizer={data.tokenizer!r} is not one of 'sentencepiece', 'bytes'")
+  check_choice(data.tokenizer_model_type, ('unigram', 'bpe'), 'data.tokenizer_model_type')
+  count = min(len(train), data.tokenizer_train_examples)
+  name = 'spm_{}_{}_{}'.format(data.tokenizer_model_type, data.vocab_size, tokenizer_lib.fingerprint(
+      data.source, data.name, data.train_split, data.train_files, data.input_key, data.target_key, count))
+  texts = (text for i in range(count) for text in (train[i]['input'], train[i]['target']))
+  return tokenizer_lib.train_sentencepiece(texts, data.vocab_size, data.tokenizer_model_type, _cache_dir(data), name)
+
+
+def _cache_dir(data: ml_collections.ConfigDict) -> str:
+  if data.source == 'tfds':
+    return os.fspath(tfds.builder(data.name, data_dir=data.data_dir or None).data_dir)
+  return os.path.dirname(os.path.abspath(_expand(data.train_files, 'data.train_files')[0]))
+
+
+def _tfds_split(data: ml_collections.ConfigDict, split: str) -> Records:
+  try:
+    builder = tfds.builder(data.name, data_dir=data.data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ConfigError(f'data.name={data.name!r}: TFDS does not know this dataset ({str(e).splitlines()[0]})') from None
+  features = list(builder.info.features.keys())
+  for field in ('input_key', 'target_key'):
+    if data[field] not in features:
+      raise ConfigError(f'data.{field}={data[field]!r} is not a feature of {data.name}; it has {", ".join(features)}')
+  if split.split('[')[0] not in builder.info.splits and builder.info.splits:
+    raise ConfigError(f'{data.name} has no split {split!r}; it has {", ".join(builder.info.splits)}')
+  source = tfds.data_source(data.name, split=split, data_dir=data.data_dir or None, download=True)
+  return grain.MapDataset.source(source).map(lambda ex: {
+      'input': _text(ex[data.input_key]), 'target': _text(ex[data.target_key])})
+
+
+def _text(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def _expand(spec: str, key: str) -> list[str]:
+  """Comma-separated paths or glob patterns -> existing files, or a ConfigError naming what is missing."""
+  if not spec:
+    raise ConfigError(f"{key} is empty; data.source='files' needs TSV or JSONL files of input/target pairs")
+  paths = []
+  for pattern in spec.split(','):
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+      raise ConfigError(f'{key}: no file matches {pattern!r}')
+    paths += matches
+  return paths
+
+
+def _file_split(spec: str, data: ml_collections.ConfigDict, split: str) -> Records:
+  records = []
+  for path in _expand(spec, f'data.{split}_files'):
+    records += read_pairs(path, data.input_key, data.target_key)
+  return records
+
+
+def read_pairs(path: str, input_key: str = 'input', target_key: str = 'target') -> list[dict]:
+  """Reads a .tsv (input<TAB>target) or .jsonl ({input_key: ..., target_key: ...}) file.
+
+  A malformed line raises a ConfigError naming the file and the line number.
+  """
+  jsonl = path.endswith(('.jsonl', '.json'))
+  if not jsonl and not path.endswith(('.tsv', '.txt')):
+    raise ConfigError(f'{path}: unknown file type; use .tsv (input<TAB>target) or .jsonl')
+  records = []
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, 1):
+      line = line.rstrip('\n')
+      if not line.strip():
+        continue
+      if jsonl:
+        records.append(_jsonl_record(line, path, number, input_key, target_key))
+      else:
+        fields = line.split('\t')
+        if len(fields) != 2:
+          raise ConfigError(f'{path}:{number}: expected 2 tab-separated fields (input, target), got {len(fields)}')
+        records.append({'input': fields[0], 'target': fields[1]})
+  if not records:
+    raise ConfigError(f'{path}: holds no examples')
+  return records
+
+
+def _jsonl_record(line: str, path: str, number: int, input_key: str, target_key: str) -> dict:
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f'{path}:{number}: not valid JSON ({e.msg})') from None
+  if not isinstance(obj, dict) or input_key not in obj or target_key not in obj:
+    keys = ', '.join(obj) if isinstance(obj, dict) else type(obj).__name__
+    raise ConfigError(f'{path}:{number}: needs keys {input_key!r} and {target_key!r} (data.input_key, '
+                      f'data.target_key); found {keys}')
+  return {'input': str(obj[input_key]), 'target': str(obj[target_key])}

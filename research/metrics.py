@@ -1,0 +1,73 @@
+"""Metric sums -> reported values, and the writer that records them (metrics.jsonl + TensorBoard)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Mapping
+
+import numpy as np
+import tensorboardX
+
+
+def summarize_eval(sums: Mapping[str, float]) -> dict[str, float]:
+  """Turns summed evaluation counts into per-token and per-example rates."""
+  tokens = max(float(sums['target_tokens']), 1.0)
+  examples = max(float(sums['examples']), 1.0)
+  loss = float(sums['loss']) / tokens
+  return {'loss': loss, 'perplexity': math.exp(min(loss, 50.0)), 'accuracy': float(sums['correct_tokens']) / tokens,
+          'exact_match': float(sums['exact_match']) / examples, 'examples': float(sums['examples'])}
+
+
+def mean_over_steps(history: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
+  return {k: float(np.mean([float(h[k]) for h in history])) for k in history[0]}
+
+
+class MetricWriter:
+  """Appends {'step': s, **metrics} lines to workdir/metrics.jsonl and scalars to TensorBoard.
+
+  On resume from step `resume_step`, records after that step (written by the interrupted run and
+  about to be recomputed) are dropped, so the history has each step once. Only process 0 writes.
+  """
+
+  def __init__(self, workdir: str, resume_step: int | None, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if not enabled:
+      return
+    kept = [r for r in read_metrics(workdir) if resume_step is not None and r['step'] <= resume_step]
+    with open(self.path + '.tmp', 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in kept)
+    os.replace(self.path + '.tmp', self.path)
+    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': step, **{k: float(v) for k, v in metrics.items()}}) + '\n')
+    for key, value in metrics.items():
+      self._tensorboard.add_scalar(key, float(value), step)
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tensorboard.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All records of workdir/metrics.jsonl (empty if there is none)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i != len(lines) - 1:  # only the last line can be cut short by a killed run
+        raise
+  return records

@@ -1,0 +1,317 @@
+"""The training loop: config -> data -> sharded train state -> steps, evaluation, checkpoints.
+
+Read top to bottom: `Experiment.setup` builds everything from the config (and refuses bad input
+before any work), `make_train_step`/`make_eval_step` are jitted once with explicit shardings, and
+`train_and_evaluate` runs the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from jax.sharding import Mesh, NamedSharding
+
+from research import checkpoints, config as config_lib, mesh as mesh_lib, metrics as metrics_lib
+from research import models, objectives, optim
+from research.data import pipeline, sources
+from research.data.tokenizer import SentencePieceTokenizer, Tokenizer
+
+CONFIG_FILE = 'config.json'
+VOCAB_FILE = 'vocab.model'
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree that is checkpointed as a whole."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # base key; step k uses fold_in(rng, k), so resuming needs nothing else
+
+
+@dataclasses.dataclass
+class Experiment:
+  """The objects a config turns into; built by `setup`, shared by training, evaluation and analysis."""
+  config: ml_collections.ConfigDict
+  tokenizer: Tokenizer
+  model: nn.Module
+  objective: Any
+  optimizer: optax.GradientTransformation
+  mesh: Mesh
+  rules: tuple
+  abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+  state_shardings: TrainState
+  batch_sharding: NamedSharding
+  train_records: Any
+  eval_records: Any
+
+  @property
+  def param_count(self) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
+
+
+def example_batch(data: ml_collections.ConfigDict, batch_size: int) -> dict:
+  """A batch of zeros with the model inputs' shapes and dtypes (for initialisation)."""
+  shapes = {'encoder': data.max_input_length, 'decoder': data.max_target_length}
+  batch = {k: np.zeros((batch_size, shapes[k.split('_')[0]]), np.float32 if k.endswith('weights') else np.int32)
+           for k in pipeline.FEATURES}
+  batch['example_index'] = np.zeros((batch_size,), np.int32)
+  return batch
+
+
+def _opt_state_shardings(abstract_opt: Any, abstract_params: Any, param_shardings: Any, mesh: Mesh) -> Any:
+  """Optimizer-state leaves shaped like a parameter share its sharding; the rest is replicated.
+
+  Matching is by the parameter's path at the end of the state leaf's path (e.g. `mu/encoder_0/...`),
+  which also covers Adafactor's factored statistics (different shape -> replicated).
+  """
+  params = {checkpoints.path_keys(p): (leaf.shape, s) for (p, leaf), s in zip(
+      jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree.leaves(param_shardings))}
+  depth = max(len(k) for k in params)
+
+  def sharding(path, leaf):
+    key = checkpoints.path_keys(path)
+    for n in range(min(depth, len(key)), 0, -1):
+      match = params.get(key[-n:])
+      if match and match[0] == leaf.shape:
+        return match[1]
+    return mesh_lib.replicated(mesh)
+  return jax.tree_util.tree_map_with_path(sharding, abstract_opt)
+
+
+def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer | None = None) -> Experiment:
+  """Builds the experiment, validating the config and inputs before anything heavy runs.
+
+  Given a `tokenizer` (analysis of a saved workdir), no data is opened.
+  """
+  data, train = config.data, config.train
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  rules = mesh_lib.rules(config.mesh)
+  dp = mesh_lib.data_parallel_size(mesh)
+  for key, size in (('train.batch_size', train.batch_size), ('eval.batch_size', config.eval.batch_size)):
+    if size <= 0 or size % dp or size % jax.process_count():
+      raise config_lib.ConfigError(
+          f'{key}={size} must be a positive multiple of the data-parallel size {dp} (mesh data x fsdp) and of '
+          f'the {jax.process_count()} processes; change {key} or config.mesh')
+  if config.model.position_embedding == 'learned':
+    longest = max(data.max_input_length, data.max_target_length)
+    if longest > config.model.max_length:
+      raise config_lib.ConfigError(f'data sequence length {longest} exceeds model.max_length='
+                                   f'{config.model.max_length}; raise model.max_length or shorten the data')
+  train_records = eval_records = None
+  if tokenizer is None:
+    train_records = sources.open_split(data, 'train')
+    eval_records = sources.open_split(data, 'eval')
+    tokenizer = sources.tokenizer_for(data, train_records)
+  model = models.build(config.model, tokenizer.vocab_size)
+  objective = objectives.build(config, model)
+  optimizer = optim.make(config.optimizer, train.num_steps)
+
+  batch = example_batch(data, dp)
+  boxed = jax.eval_shape(objective.init, jax.random.PRNGKey(0), batch)
+  param_shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
+  abstract_params = nn.unbox(boxed)
+  mesh_lib.check_divisible(abstract_params, param_shardings)
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  replicated = mesh_lib.replicated(mesh)
+  state_shardings = TrainState(step=replicated, params=param_shardings, rng=replicated,
+                               opt_state=_opt_state_shardings(abstract_opt, abstract_params, param_shardings, mesh))
+  shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt,
+                      rng=jax.eval_shape(jax.random.PRNGKey, 0))
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                                state_shardings)
+  return Experiment(config, tokenizer, model, objective, optimizer, mesh, rules, abstract_state, state_shardings,
+                    mesh_lib.batch_sharding(mesh, rules), train_records, eval_records)
+
+
+def init_state(exp: Experiment) -> TrainState:
+  """A fresh state, created directly in its shardings (no host copy of the parameters)."""
+  batch = example_batch(exp.config.data, 1)
+
+  def init(seed):
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+    params = nn.unbox(exp.objective.init(init_rng, batch))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=exp.optimizer.init(params),
+                      rng=dropout_rng)
+  with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
+    return jax.jit(init, static_argnums=0, out_shardings=exp.state_shardings)(exp.config.seed)
+
+
+def make_train_step(exp: Experiment) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The jitted step: gradients of `objective.loss_fn`, optimizer update; the old state is donated."""
+  learning_rate = optim.schedule(exp.config.optimizer, exp.config.train.num_steps)
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(exp.objective.loss_fn, has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, batch, rng)
+    updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
+               'learning_rate': learning_rate(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  jitted = jax.jit(step, in_shardings=(exp.state_shardings, exp.batch_sharding),
+                   out_shardings=(exp.state_shardings, mesh_lib.replicated(exp.mesh)), donate_argnums=0)
+  return _under_mesh(exp, jitted)
+
+
+def make_eval_step(exp: Experiment) -> Callable[[Any, dict], tuple[dict, jax.Array, jax.Array]]:
+  """The jitted evaluation: metric sums, greedy predictions and example indices (replicated)."""
+  def step(params, batch):
+    sums, predictions = exp.objective.eval_fn(params, batch)
+    return sums, predictions, batch['example_index']
+  replicated = mesh_lib.replicated(exp.mesh)
+  jitted = jax.jit(step, in_shardings=(exp.state_shardings.params, exp.batch_sharding), out_shardings=replicated)
+  return _under_mesh(exp, jitted)
+
+
+def _under_mesh(exp: Experiment, fn: Callable) -> Callable:
+  def wrapped(*args):
+    with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
+      return fn(*args)
+  return wrapped
+
+
+def to_global(exp: Experiment, local_batch: dict) -> dict:
+  """This process's share of a batch -> global arrays sharded over the data-parallel axes."""
+  return {k: jax.make_array_from_process_local_data(exp.batch_sharding, v) for k, v in local_batch.items()}
+
+
+def evaluate(exp: Experiment, eval_step: Callable, params: Any) -> tuple[dict, list[tuple[str, str, str]]]:
+  """Metrics over `eval.num_examples` of the eval split, and (input, target, prediction) examples."""
+  sums, examples = {}, []
+  batches = pipeline.eval_batches(
+      exp.eval_records, exp.tokenizer, exp.config.data, global_batch_size=exp.config.eval.batch_size,
+      num_examples=exp.config.eval.num_examples, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  for batch in batches:
+    batch_sums, predictions, indices = jax.device_get(eval_step(params, to_global(exp, batch)))
+    sums = {k: sums.get(k, 0.0) + float(v) for k, v in batch_sums.items()}
+    for index, prediction in zip(indices, predictions):
+      if index >= 0 and len(examples) < exp.config.eval.num_print:
+        record = exp.eval_records[int(index)]
+        examples.append((record['input'], record['target'], exp.tokenizer.decode(prediction)))
+  return metrics_lib.summarize_eval(sums), examples
+
+
+class _StopRequest:
+  """Turns the first SIGTERM/SIGINT into a request to save and stop at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested:  # a second signal: stop at once
+      signal.signal(signum, self._previous[signum])
+      signal.raise_signal(signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir that holds another experiment (before any expensive work)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      config_lib.check_resumable(config_lib.from_json(f.read()), config, workdir)
+
+
+def save_to_workdir(exp: Experiment, workdir: str) -> None:
+  """The resolved config and the vocabulary, so the workdir alone is enough to load the model."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  _write_atomic(os.path.join(workdir, CONFIG_FILE), config_lib.to_json(exp.config).encode())
+  if isinstance(exp.tokenizer, SentencePieceTokenizer):
+    _write_atomic(os.path.join(workdir, VOCAB_FILE), exp.tokenizer.serialized)
+
+
+def _write_atomic(path: str, content: bytes) -> None:
+  with open(path + '.tmp', 'wb') as f:
+    f.write(content)
+  os.replace(path + '.tmp', path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+  """Trains (resuming from the workdir's latest checkpoint), evaluates, saves; returns the last eval metrics."""
+  check_workdir(config, workdir)
+  exp = setup(config, devices)
+  train_cfg = config.train
+  save_to_workdir(exp, workdir)
+  is_chief = jax.process_index() == 0
+  checkpointer = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=train_cfg.keep_checkpoints)
+  data_iterator = pipeline.train_iterator(
+      exp.train_records, exp.tokenizer, config.data, global_batch_size=train_cfg.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  start = checkpointer.latest_step()
+  state = init_state(exp) if start is None else checkpointer.restore(start, exp.abstract_state, data_iterator)
+  start = start or 0
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_chief)
+  train_step, eval_step = make_train_step(exp), make_eval_step(exp)
+  _log(is_chief, f'{"resuming from step " + str(start) if start else "starting"}: {exp.param_count:,} parameters, '
+       f'mesh {dict(exp.mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} device(s), workdir {workdir}')
+
+  history, eval_metrics = [], {}
+  tick, tokens = time.perf_counter(), 0
+  progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, disable=not is_chief, dynamic_ncols=True,
+                       desc='train')
+  with _StopRequest() as stop:
+    for step in range(start + 1, train_cfg.num_steps + 1):
+      state, step_metrics = train_step(state, to_global(exp, next(data_iterator)))
+      history.append(step_metrics)
+      progress.update()
+      last = step == train_cfg.num_steps
+      if step % train_cfg.log_every == 0 or last or stop.requested:
+        summary = metrics_lib.mean_over_steps(jax.device_get(history))
+        elapsed = time.perf_counter() - tick
+        tokens = sum(float(h['input_tokens']) + float(h['target_tokens']) for h in jax.device_get(history))
+        summary.update(tokens_per_sec=tokens / elapsed, step_time=elapsed / len(history))
+        del summary['input_tokens'], summary['target_tokens']
+        writer.write(step, {f'train/{k}': v for k, v in summary.items()})
+        progress.set_postfix(loss=f'{summary["loss"]:.3f}', acc=f'{summary["accuracy"]:.3f}',
+                             tok_s=f'{summary["tokens_per_sec"]:,.0f}')
+        history, tick = [], time.perf_counter()
+      if step % train_cfg.eval_every == 0 or last:
+        eval_metrics, examples = evaluate(exp, eval_step, state.params)
+        writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+        _log(is_chief, f'step {step} eval: ' + ', '.join(f'{k} {v:.4g}' for k, v in eval_metrics.items()) +
+             ''.join(f'\n  {src!r} -> {pred!r} (target {tgt!r})' for src, tgt, pred in examples))
+        tick = time.perf_counter()  # evaluation time is not training throughput
+      if step % train_cfg.checkpoint_every == 0 or last or stop.requested:
+        checkpointer.save(step, state, data_iterator, force=True)
+      if stop.requested:
+        _log(is_chief, f'stopped at step {step} on request; checkpoint saved, rerun the same command to resume')
+        break
+  progress.close()
+  checkpointer.wait()
+  checkpointer.close()
+  writer.close()
+  return eval_metrics
+
+
+def _log(enabled: bool, message: str) -> None:
+  if enabled:
+    tqdm.tqdm.write(message)

@@ -1,0 +1,38 @@
+"""Shared test setup: 8 emulated CPU devices, a tiny config, and the embedded data prepared once."""
+
+import os
+
+# Before jax is imported anywhere: 8 CPU devices for the sharding tests (1-device runs use devices[:1]).
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+
+import pytest  # noqa: E402
+
+from configs import quickstart  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir: str):
+  """The quickstart config shrunk so that a step takes milliseconds; dropout on, to exercise RNG."""
+  config = quickstart.get_config()
+  config.data.data_dir = data_dir
+  config.model.update(d_model=32, num_heads=2, mlp_dim=64, dropout_rate=0.1)
+  config.train.update(batch_size=16, num_steps=12, log_every=1, eval_every=6, checkpoint_every=6)
+  config.optimizer.warmup_steps = 2
+  config.eval.update(batch_size=32, num_examples=64, num_print=2)
+  return config
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A TFDS data dir with number_words prepared and its tokenizer trained (once per session)."""
+  path = str(tmp_path_factory.mktemp('tfds'))
+  from research.data import sources
+  data = tiny_config(path).data
+  sources.tokenizer_for(data, sources.open_split(data, 'train'))
+  return path
+
+
+@pytest.fixture
+def config(data_dir):
+  return tiny_config(data_dir)

@@ -53,10 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
       max_input_length=24,
       max_target_length=10,
       pack=False,
+      classes=(),  # classification: the label names, in class-id order
       read_threads=2,
   ))
 
-  config.objective = ml_collections.ConfigDict(dict(name='seq2seq', label_smoothing=0.0, z_loss=0.0))
+  config.objective = ml_collections.ConfigDict(dict(name='seq2seq', label_smoothing=0.0, z_loss=0.0, mask_rate=0.15))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adamw',

@@ -1,6 +1,6 @@
 """Transformer building blocks in flax.linen, with a logical axis name on every parameter.
 
-Logical names ('vocab', 'embed', 'mlp', 'heads', 'kv') say what a dimension *is*; the mesh rules in
+Logical names ('vocab', 'embed', 'mlp', 'heads', 'kv_heads', 'kv') say what a dimension *is*; the mesh rules in
 the config decide how each is sharded, so no layer hard-codes a parallelism layout.
 Activations are constrained at block boundaries with the names ('batch', 'length', 'embed').
 """
@@ -17,7 +17,14 @@ import numpy as np
 Array = jax.Array
 _NEG_INF = -1e10  # finite, so fully masked rows (padding queries) give a uniform softmax, not NaN
 
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {'relu': nn.relu, 'gelu': nn.gelu, 'silu': nn.silu}
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'relu': nn.relu,
+    'gelu': lambda x: nn.gelu(x, approximate=False),  # BERT
+    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),  # GPT-2, T5 v1.1 ("gelu_new")
+    'silu': nn.silu,
+}
+# Gated variants (Shazeer 2020): activation(x W0) * (x W1); the value names the gate's activation.
+GATED_ACTIVATIONS = {'gated-gelu': 'gelu_tanh', 'swiglu': 'silu'}
 
 
 def logical(init: Callable, *names: str | None) -> Callable:
@@ -41,6 +48,60 @@ def segment_mask(query_segments: Array, key_segments: Array) -> Array:
 def causal_mask(length: int) -> Array:
   """[1, 1, length, length]: True where the key is not after the query."""
   return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+def prefix_lm_mask(length: int, prefix: Array) -> Array:
+  """[batch, 1, length, length]: causal, plus full attention among prefix positions (prefix [batch, length])."""
+  both_in_prefix = (prefix[:, :, None] > 0) & (prefix[:, None, :] > 0)
+  return causal_mask(length) | both_in_prefix[:, None]
+
+
+# ----------------------------------------------------------------------------- relative positions
+
+
+def t5_relative_bucket(relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int) -> Array:
+  """T5's bucketing of (key position - query position): exact for small distances, logarithmic beyond."""
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  scaled = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / np.log(max_distance / max_exact)
+  large = max_exact + (scaled * (num_buckets - max_exact)).astype(relative_position.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+  """T5's learned per-head bias from bucketed relative positions; computed once per stack, shared by its layers."""
+  num_heads: int
+  bidirectional: bool
+  num_buckets: int = 32
+  max_distance: int = 128
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+    """[batch, heads, q, k] from positions [batch, q] and [batch, k] (packed positions work)."""
+    table = self.param('rel_embedding', logical(nn.initializers.normal(1.0), None, 'heads'),
+                       (self.num_buckets, self.num_heads), self.param_dtype)
+    relative = key_positions[:, None, :] - query_positions[:, :, None]
+    buckets = t5_relative_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+    return jnp.transpose(jnp.take(table, buckets, axis=0), (0, 3, 1, 2)).astype(self.dtype)
+
+
+def rotary(x: Array, positions: Array, base: float = 10_000.0) -> Array:
+  """Rotary position embedding (RoFormer; GPT-NeoX half-split layout) of x [batch, length, heads, dim]."""
+  half = x.shape[-1] // 2
+  freq = base ** (-np.arange(half, dtype=np.float32) / half)
+  angles = positions[..., None].astype(jnp.float32) * freq
+  sin, cos = jnp.sin(angles)[:, :, None], jnp.cos(angles)[:, :, None]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -118,24 +179,43 @@ class Norm(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """Scaled dot-product attention with separate query/key/value/output projections."""
+  """Dot-product attention; multi-head, multi-query (num_kv_heads=1) or grouped-query (num_kv_heads < num_heads).
+
+  Optional rotary embedding of queries and keys, an additive bias (T5 relative positions), and
+  `scale_queries=False` for T5, whose initialisation folds the 1/sqrt(head_dim) into the query weights.
+  """
   num_heads: int
   head_dim: int
+  num_kv_heads: int = 0  # 0: same as num_heads
   dropout_rate: float = 0.0
   use_bias: bool = False
+  use_rotary: bool = False
+  scale_queries: bool = True
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array, deterministic: bool) -> Array:
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array, deterministic: bool, bias: Array | None = None,
+               query_positions: Array | None = None, key_positions: Array | None = None) -> Array:
     features = inputs_q.shape[-1]
-    query = self._project('query', inputs_q) / np.sqrt(self.head_dim).astype(self.dtype)
-    key = self._project('key', inputs_kv)
-    value = self._project('value', inputs_kv)
-    weights = attention_weights(query, key, mask)
+    kv_heads = self.num_kv_heads or self.num_heads
+    if self.num_heads % kv_heads:
+      raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}')
+    # Key/value heads shard like query heads only when there are as many of them.
+    kv_name = 'heads' if kv_heads == self.num_heads else 'kv_heads'
+    query = self._project('query', inputs_q, self.num_heads, 'heads')
+    key = self._project('key', inputs_kv, kv_heads, kv_name)
+    value = self._project('value', inputs_kv, kv_heads, kv_name)
+    if self.use_rotary:
+      query, key = rotary(query, query_positions), rotary(key, key_positions)
+    if self.scale_queries:
+      query = query / np.sqrt(self.head_dim).astype(self.dtype)
+    weights = attention_weights(query, key, mask, bias)
     self.sow('intermediates', 'attention_weights', weights)
     weights = nn.Dropout(self.dropout_rate, broadcast_dims=())(weights, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(self.dtype), value)
+    batch, q_len, k_len = weights.shape[0], weights.shape[2], weights.shape[3]
+    grouped = weights.reshape(batch, kv_heads, self.num_heads // kv_heads, q_len, k_len).astype(self.dtype)
+    out = jnp.einsum('bkgqs,bskd->bqkgd', grouped, value).reshape(batch, q_len, self.num_heads, self.head_dim)
     kernel = self.param('out', logical(_fan_in((0, 1)), 'heads', 'kv', 'embed'),
                         (self.num_heads, self.head_dim, features), self.param_dtype)
     out = jnp.einsum('bqhd,hde->bqe', out, kernel.astype(self.dtype))
@@ -143,29 +223,38 @@ class MultiHeadAttention(nn.Module):
       out = out + self.param('out_bias', logical(nn.initializers.zeros, 'embed'), (features,), self.param_dtype)
     return out.astype(self.dtype)
 
-  def _project(self, name: str, x: Array) -> Array:
+  def _project(self, name: str, x: Array, heads: int, heads_name: str) -> Array:
     """x [batch, length, embed] -> [batch, length, heads, head_dim]."""
-    kernel = self.param(name, logical(_fan_in((0,)), 'embed', 'heads', 'kv'),
-                        (x.shape[-1], self.num_heads, self.head_dim), self.param_dtype)
+    kernel = self.param(name, logical(_fan_in((0,)), 'embed', heads_name, 'kv'),
+                        (x.shape[-1], heads, self.head_dim), self.param_dtype)
     y = jnp.einsum('ble,ehd->blhd', x, kernel.astype(self.dtype))
     if self.use_bias:
-      y = y + self.param(f'{name}_bias', logical(nn.initializers.zeros, 'heads', 'kv'),
-                         (self.num_heads, self.head_dim), self.param_dtype)
-    return constrain(y.astype(self.dtype), 'batch', 'length', 'heads', 'kv')
+      y = y + self.param(f'{name}_bias', logical(nn.initializers.zeros, heads_name, 'kv'),
+                         (heads, self.head_dim), self.param_dtype)
+    return constrain(y.astype(self.dtype), 'batch', 'length', heads_name, 'kv')
 
 
 def _fan_in(in_axes: tuple[int, ...]) -> Callable:
   return nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=in_axes, out_axis=-1)
 
 
-def attention_weights(query: Array, key: Array, mask: Array) -> Array:
-  """softmax(q k^T) over keys, in float32; query is already scaled. Shapes [b,q,h,d], [b,k,h,d] -> [b,h,q,k]."""
-  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32)
+def attention_weights(query: Array, key: Array, mask: Array, bias: Array | None = None) -> Array:
+  """softmax(q k^T + bias) over keys, in float32; query is already scaled.
+
+  query [b, q, heads, d], key [b, k, kv_heads, d] (heads a multiple of kv_heads) -> [b, heads, q, k].
+  """
+  batch, q_len, heads, dim = query.shape
+  kv_heads = key.shape[2]
+  grouped = query.reshape(batch, q_len, kv_heads, heads // kv_heads, dim)
+  logits = jnp.einsum('bqkgd,bskd->bkgqs', grouped, key).reshape(batch, heads, q_len, key.shape[1])
+  logits = logits.astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
   return jax.nn.softmax(jnp.where(mask, logits, _NEG_INF), axis=-1)
 
 
 class Mlp(nn.Module):
-  """Position-wise feed-forward block: dense -> activation -> dropout -> dense."""
+  """Position-wise feed-forward block: dense -> activation (or gated activation) -> dropout -> dense."""
   hidden_dim: int
   activation: str = 'relu'
   dropout_rate: float = 0.0
@@ -177,11 +266,15 @@ class Mlp(nn.Module):
   def __call__(self, x: Array, deterministic: bool) -> Array:
     features = x.shape[-1]
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
-    h = nn.Dense(self.hidden_dim, use_bias=self.use_bias, kernel_init=logical(init, 'embed', 'mlp'),
-                 bias_init=logical(nn.initializers.zeros, 'mlp'), dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='wi')(x)
-    h = ACTIVATIONS[self.activation](constrain(h, 'batch', 'length', 'mlp'))
-    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    return nn.Dense(features, use_bias=self.use_bias, kernel_init=logical(init, 'mlp', 'embed'),
-                    bias_init=logical(nn.initializers.zeros, 'embed'), dtype=self.dtype,
-                    param_dtype=self.param_dtype, name='wo')(h)
+
+    def dense(name, size, names):
+      return nn.Dense(size, use_bias=self.use_bias, kernel_init=logical(init, *names),
+                      bias_init=logical(nn.initializers.zeros, names[-1]), dtype=self.dtype,
+                      param_dtype=self.param_dtype, name=name)
+    if self.activation in GATED_ACTIVATIONS:
+      gate = ACTIVATIONS[GATED_ACTIVATIONS[self.activation]](dense('wi_0', self.hidden_dim, ('embed', 'mlp'))(x))
+      h = gate * dense('wi_1', self.hidden_dim, ('embed', 'mlp'))(x)
+    else:
+      h = ACTIVATIONS[self.activation](dense('wi', self.hidden_dim, ('embed', 'mlp'))(x))
+    h = nn.Dropout(self.dropout_rate)(constrain(h, 'batch', 'length', 'mlp'), deterministic=deterministic)
+    return dense('wo', features, ('mlp', 'embed'))(h)

@@ -1,23 +1,13 @@
-"""Metric sums -> reported values, and the writer that records them (metrics.jsonl + TensorBoard)."""
+"""Averages of logged steps, and the writer that records metrics (metrics.jsonl + TensorBoard)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Mapping
 
 import numpy as np
 import tensorboardX
-
-
-def summarize_eval(sums: Mapping[str, float]) -> dict[str, float]:
-  """Turns summed evaluation counts into per-token and per-example rates."""
-  tokens = max(float(sums['target_tokens']), 1.0)
-  examples = max(float(sums['examples']), 1.0)
-  loss = float(sums['loss']) / tokens
-  return {'loss': loss, 'perplexity': math.exp(min(loss, 50.0)), 'accuracy': float(sums['correct_tokens']) / tokens,
-          'exact_match': float(sums['exact_match']) / examples, 'examples': float(sums['examples'])}
 
 
 def mean_over_steps(history: list[Mapping[str, np.ndarray]]) -> dict[str, float]:

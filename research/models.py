@@ -13,7 +13,9 @@ from research import layers
 from research.config import ConfigError, check_choice
 
 Array = jax.Array
-FAMILIES = ('encoder_decoder',)
+FAMILIES = ('encoder_decoder', 'decoder_only', 'encoder_only')
+HEADS = ('lm', 'mlm', 'classifier')
+POSITIONS = ('learned', 'sinusoidal', 'relative', 'rotary', 'none')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +30,20 @@ class ModelConfig:
   num_decoder_layers: int = 2
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0
+  num_kv_heads: int = 0  # 0: multi-head; 1: multi-query; k: grouped-query with k key/value heads
   activation: str = 'relu'
   norm: str = 'layernorm'
-  position_embedding: str = 'learned'
+  norm_position: str = 'pre'  # 'pre' (GPT-2, T5) or 'post' (original Transformer, BERT)
+  norm_epsilon: float = 1e-6
+  position_embedding: str = 'learned'  # learned, sinusoidal, relative (T5 bias), rotary, none
+  relative_buckets: int = 32
+  relative_max_distance: int = 128
   max_length: int = 512
   tie_embeddings: bool = True
   use_bias: bool = False
+  head: str = 'lm'  # encoder_only: 'mlm' or 'classifier'
+  num_classes: int = 2
+  pooling: str = 'mean'  # classifier input: 'mean' over tokens or the 'first' token (BERT's [CLS])
   dtype: str = 'float32'
   param_dtype: str = 'float32'
 
@@ -41,24 +51,35 @@ class ModelConfig:
   def from_config(cls, model: ml_collections.ConfigDict, tokenizer_vocab_size: int) -> 'ModelConfig':
     check_choice(model.family, FAMILIES, 'model.family')
     fields = {f.name for f in dataclasses.fields(cls)} - {'vocab_size'}
-    values = {k: model[k] for k in fields}
-    if not model.head_dim:
+    unknown = set(model.keys()) - fields - {'family', 'vocab_multiple'}
+    if unknown:
+      raise ConfigError(f'model.{sorted(unknown)[0]} is not a model field; valid: {", ".join(sorted(fields))}')
+    values = {k: model[k] for k in fields if k in model}
+    if not model.get('head_dim'):
       if model.d_model % model.num_heads:
         raise ConfigError(f'model.d_model={model.d_model} is not divisible by model.num_heads={model.num_heads}; '
                           'set model.head_dim explicitly or change one of them')
       values['head_dim'] = model.d_model // model.num_heads
-    multiple = model.vocab_multiple
+    multiple = model.get('vocab_multiple', 1)
     config = cls(vocab_size=-(-tokenizer_vocab_size // multiple) * multiple, **values)
     config.validate()
     return config
 
   def validate(self) -> None:
-    check_choice(self.activation, tuple(layers.ACTIVATIONS), 'model.activation')
+    check_choice(self.activation, tuple(layers.ACTIVATIONS) + tuple(layers.GATED_ACTIVATIONS), 'model.activation')
     check_choice(self.norm, ('layernorm', 'rmsnorm'), 'model.norm')
-    check_choice(self.position_embedding, ('learned', 'sinusoidal'), 'model.position_embedding')
+    check_choice(self.norm_position, ('pre', 'post'), 'model.norm_position')
+    check_choice(self.position_embedding, POSITIONS, 'model.position_embedding')
+    check_choice(self.head, HEADS, 'model.head')
+    check_choice(self.pooling, ('mean', 'first'), 'model.pooling')
+    if self.num_kv_heads and self.num_heads % self.num_kv_heads:
+      raise ConfigError(f'model.num_heads={self.num_heads} must be a multiple of model.num_kv_heads={self.num_kv_heads}')
+    if self.position_embedding == 'rotary' and self.head_dim % 2:
+      raise ConfigError(f'rotary positions need an even head_dim, got {self.head_dim}')
     check_choice(self.dtype, ('float32', 'bfloat16'), 'model.dtype')
     check_choice(self.param_dtype, ('float32', 'bfloat16'), 'model.param_dtype')
-    for name in ('d_model', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers', 'num_decoder_layers'):
+    for name in ('d_model', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers', 'num_decoder_layers',
+                 'num_classes'):
       if getattr(self, name) <= 0:
         raise ConfigError(f'model.{name} must be positive, got {getattr(self, name)}')
     for name in ('dropout_rate', 'attention_dropout_rate'):
@@ -71,84 +92,108 @@ class ModelConfig:
     return {'dtype': jnp.dtype(self.dtype), 'param_dtype': jnp.dtype(self.param_dtype)}
 
 
-class EncoderLayer(nn.Module):
+class Block(nn.Module):
+  """One Transformer layer: self-attention, optional cross-attention, MLP; each a residual sublayer."""
   config: ModelConfig
+  cross_attention: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, mask: Array, positions: Array, deterministic: bool, bias: Array | None = None,
+               encoded: Array | None = None, cross_mask: Array | None = None) -> Array:
     c = self.config
-    h = layers.Norm(c.norm, **c.kwargs, name='pre_attention_norm')(x)
-    h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.attention_dropout_rate, c.use_bias, **c.kwargs,
-                                  name='attention')(h, h, mask, deterministic)
-    x = x + nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
-    h = layers.Norm(c.norm, **c.kwargs, name='pre_mlp_norm')(x)
-    h = layers.Mlp(c.mlp_dim, c.activation, c.dropout_rate, c.use_bias, **c.kwargs, name='mlp')(h, deterministic)
-    x = x + nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+    attention = lambda name, rotary: layers.MultiHeadAttention(  # noqa: E731
+        c.num_heads, c.head_dim, c.num_kv_heads, c.attention_dropout_rate, c.use_bias, rotary, **c.kwargs, name=name)
+
+    def sublayer(x, name, fn):
+      norm = layers.Norm(c.norm, c.norm_epsilon, **c.kwargs, name=f'{name}_norm')
+      if c.norm_position == 'pre':
+        return x + nn.Dropout(c.dropout_rate)(fn(norm(x)), deterministic=deterministic)
+      return norm(x + nn.Dropout(c.dropout_rate)(fn(x), deterministic=deterministic))
+
+    rotary = c.position_embedding == 'rotary'
+    x = sublayer(x, 'self_attention', lambda h: attention('self_attention', rotary)(
+        h, h, mask, deterministic, bias, positions, positions))
+    if self.cross_attention:
+      x = sublayer(x, 'cross_attention', lambda h: attention('cross_attention', False)(
+          h, encoded, cross_mask, deterministic))
+    x = sublayer(x, 'mlp', lambda h: layers.Mlp(c.mlp_dim, c.activation, c.dropout_rate, c.use_bias, **c.kwargs,
+                                                 name='mlp')(h, deterministic))
     return layers.constrain(x, 'batch', 'length', 'embed')
 
 
-class DecoderLayer(nn.Module):
+class Stack(nn.Module):
+  """Embedded tokens -> hidden states: absolute positions (if any), the layers, the final norm.
+
+  Owns its position information: absolute embeddings, or T5 relative biases computed once and
+  shared by its layers (bidirectional unless `causal`). Post-norm stacks normalise the embeddings
+  instead of the output (BERT).
+  """
+  config: ModelConfig
+  num_layers: int
+  causal: bool
+  cross_attention: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, mask: Array, deterministic: bool, encoded: Array | None = None,
+               cross_mask: Array | None = None) -> Array:
+    c = self.config
+    if c.position_embedding in ('learned', 'sinusoidal'):
+      x = x + layers.PositionEmbedding(c.position_embedding, c.max_length, c.d_model, **c.kwargs,
+                                       name='position_embed')(positions)
+    if c.norm_position == 'post':
+      x = layers.Norm(c.norm, c.norm_epsilon, **c.kwargs, name='embed_norm')(x)
+    x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+    x = layers.constrain(x, 'batch', 'length', 'embed')
+    bias = None
+    if c.position_embedding == 'relative':
+      bias = layers.RelativePositionBias(c.num_heads, not self.causal, c.relative_buckets, c.relative_max_distance,
+                                         **c.kwargs, name='relative_bias')(positions, positions)
+    for i in range(self.num_layers):
+      x = Block(c, self.cross_attention, name=f'layers_{i}')(x, mask, positions, deterministic, bias, encoded,
+                                                               cross_mask)
+    if c.norm_position == 'pre':
+      x = layers.Norm(c.norm, c.norm_epsilon, **c.kwargs, name='final_norm')(x)
+    return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+
+
+class LmHead(nn.Module):
+  """Hidden states -> vocabulary logits, through the tied embedding (scaled by 1/sqrt(d)) or its own matrix."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array, self_mask: Array, cross_mask: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, embed: layers.Embed) -> Array:
     c = self.config
-    attention = lambda name: layers.MultiHeadAttention(  # noqa: E731
-        c.num_heads, c.head_dim, c.attention_dropout_rate, c.use_bias, **c.kwargs, name=name)
-    h = layers.Norm(c.norm, **c.kwargs, name='pre_self_attention_norm')(x)
-    h = attention('self_attention')(h, h, self_mask, deterministic)
-    x = x + nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
-    h = layers.Norm(c.norm, **c.kwargs, name='pre_cross_attention_norm')(x)
-    h = attention('cross_attention')(h, encoded, cross_mask, deterministic)
-    x = x + nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
-    h = layers.Norm(c.norm, **c.kwargs, name='pre_mlp_norm')(x)
-    h = layers.Mlp(c.mlp_dim, c.activation, c.dropout_rate, c.use_bias, **c.kwargs, name='mlp')(h, deterministic)
-    x = x + nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
-    return layers.constrain(x, 'batch', 'length', 'embed')
+    if c.tie_embeddings:
+      logits = embed.attend(x) / jnp.sqrt(c.d_model).astype(x.dtype)
+    else:
+      logits = nn.Dense(c.vocab_size, use_bias=False, dtype=c.kwargs['dtype'], param_dtype=c.kwargs['param_dtype'],
+                        kernel_init=layers.logical(nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'),
+                                                   'embed', 'vocab'), name='logits')(x)
+    return layers.constrain(logits, 'batch', 'length', 'vocab')
 
 
 class EncoderDecoder(nn.Module):
-  """Pre-norm encoder-decoder Transformer (original Transformer / T5 layout)."""
+  """Encoder-decoder Transformer (original Transformer / T5 layout); embeddings shared by both stacks."""
   config: ModelConfig
 
   def setup(self):
     c = self.config
     self.token_embed = layers.Embed(c.vocab_size, c.d_model, **c.kwargs)
-    self.encoder_position = layers.PositionEmbedding(c.position_embedding, c.max_length, c.d_model, **c.kwargs)
-    self.decoder_position = layers.PositionEmbedding(c.position_embedding, c.max_length, c.d_model, **c.kwargs)
-    self.encoder_layers = [EncoderLayer(c, name=f'encoder_{i}') for i in range(c.num_encoder_layers)]
-    self.decoder_layers = [DecoderLayer(c, name=f'decoder_{i}') for i in range(c.num_decoder_layers)]
-    self.encoder_norm = layers.Norm(c.norm, **c.kwargs)
-    self.decoder_norm = layers.Norm(c.norm, **c.kwargs)
-    self.dropout = nn.Dropout(c.dropout_rate)
-    if not c.tie_embeddings:
-      self.logits_dense = nn.Dense(
-          c.vocab_size, use_bias=False, dtype=c.kwargs['dtype'], param_dtype=c.kwargs['param_dtype'],
-          kernel_init=layers.logical(nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'), 'embed', 'vocab'))
+    self.encoder = Stack(c, c.num_encoder_layers, causal=False)
+    self.decoder = Stack(c, c.num_decoder_layers, causal=True, cross_attention=True)
+    self.lm_head = LmHead(c)
 
   def encode(self, tokens: Array, segment_ids: Array, positions: Array, deterministic: bool = True) -> Array:
-    x = self.token_embed(tokens) + self.encoder_position(positions)
-    x = layers.constrain(self.dropout(x, deterministic=deterministic), 'batch', 'length', 'embed')
     mask = layers.segment_mask(segment_ids, segment_ids)
-    for layer in self.encoder_layers:
-      x = layer(x, mask, deterministic)
-    return self.dropout(self.encoder_norm(x), deterministic=deterministic)
+    return self.encoder(self.token_embed(tokens), positions, mask, deterministic)
 
   def decode(self, encoded: Array, encoder_segment_ids: Array, tokens: Array, segment_ids: Array,
              positions: Array, deterministic: bool = True) -> Array:
     """Logits [batch, length, vocab] for every decoder position (teacher forcing)."""
-    x = self.token_embed(tokens) + self.decoder_position(positions)
-    x = layers.constrain(self.dropout(x, deterministic=deterministic), 'batch', 'length', 'embed')
     self_mask = layers.segment_mask(segment_ids, segment_ids) & layers.causal_mask(tokens.shape[1])
     cross_mask = layers.segment_mask(segment_ids, encoder_segment_ids)
-    for layer in self.decoder_layers:
-      x = layer(x, encoded, self_mask, cross_mask, deterministic)
-    x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
-    if self.config.tie_embeddings:
-      logits = self.token_embed.attend(x) / jnp.sqrt(self.config.d_model).astype(x.dtype)
-    else:
-      logits = self.logits_dense(x)
-    return layers.constrain(logits, 'batch', 'length', 'vocab')
+    x = self.decoder(self.token_embed(tokens), positions, self_mask, deterministic, encoded, cross_mask)
+    return self.lm_head(x, self.token_embed)
 
   def __call__(self, batch: dict, deterministic: bool = True) -> Array:
     encoded = self.encode(batch['encoder_input_tokens'], batch['encoder_segment_ids'],
@@ -157,5 +202,63 @@ class EncoderDecoder(nn.Module):
                        batch['decoder_segment_ids'], batch['decoder_positions'], deterministic)
 
 
-def build(model: ml_collections.ConfigDict, tokenizer_vocab_size: int) -> EncoderDecoder:
-  return EncoderDecoder(ModelConfig.from_config(model, tokenizer_vocab_size))
+class DecoderOnly(nn.Module):
+  """Decoder-only language model (GPT); causal, or prefix-LM where `decoder_causal_attention` marks the prefix."""
+  config: ModelConfig
+
+  def setup(self):
+    c = self.config
+    self.token_embed = layers.Embed(c.vocab_size, c.d_model, **c.kwargs)
+    self.decoder = Stack(c, c.num_decoder_layers, causal=True)
+    self.lm_head = LmHead(c)
+
+  def __call__(self, batch: dict, deterministic: bool = True) -> Array:
+    tokens, segments = batch['decoder_input_tokens'], batch['decoder_segment_ids']
+    if 'decoder_causal_attention' in batch:
+      order = layers.prefix_lm_mask(tokens.shape[1], batch['decoder_causal_attention'])
+    else:
+      order = layers.causal_mask(tokens.shape[1])
+    mask = layers.segment_mask(segments, segments) & order
+    x = self.decoder(self.token_embed(tokens), batch['decoder_positions'], mask, deterministic)
+    return self.lm_head(x, self.token_embed)
+
+
+class EncoderOnly(nn.Module):
+  """Bidirectional encoder (BERT) with a masked-LM head or a sequence-classification head."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, batch: dict, deterministic: bool = True) -> Array:
+    """MLM logits [batch, length, vocab], or class logits [batch, num_classes]."""
+    c = self.config
+    token_embed = layers.Embed(c.vocab_size, c.d_model, **c.kwargs, name='token_embed')
+    segments = batch['encoder_segment_ids']
+    x = Stack(c, c.num_encoder_layers, causal=False, name='encoder')(
+        token_embed(batch['encoder_input_tokens']), batch['encoder_positions'],
+        layers.segment_mask(segments, segments), deterministic)
+    dense = lambda size, names, name: nn.Dense(  # noqa: E731
+        size, dtype=c.kwargs['dtype'], param_dtype=c.kwargs['param_dtype'], name=name,
+        kernel_init=layers.logical(nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'), *names),
+        bias_init=layers.logical(nn.initializers.zeros, names[-1]))
+    if c.head == 'classifier':
+      if c.pooling == 'first':
+        pooled = x[:, 0]
+      else:
+        weights = (batch['encoder_segment_ids'] > 0).astype(x.dtype)[..., None]
+        pooled = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+      pooled = jnp.tanh(dense(c.d_model, ('embed', 'mlp'), 'pooler')(pooled))
+      pooled = nn.Dropout(c.dropout_rate)(pooled, deterministic=deterministic)
+      return dense(c.num_classes, ('mlp', None), 'classifier')(pooled)
+    # BERT's MLM transform before the (tied) output projection.
+    h = layers.ACTIVATIONS['gelu'](dense(c.d_model, ('embed', 'mlp'), 'mlm_transform')(x))
+    h = layers.Norm(c.norm, c.norm_epsilon, **c.kwargs, name='mlm_norm')(h)
+    logits = LmHead(c, name='lm_head')(h, token_embed)
+    return logits + self.param('mlm_bias', layers.logical(nn.initializers.zeros, 'vocab'), (c.vocab_size,),
+                               c.kwargs['param_dtype'])
+
+
+MODELS = {'encoder_decoder': EncoderDecoder, 'decoder_only': DecoderOnly, 'encoder_only': EncoderOnly}
+
+
+def build(model: ml_collections.ConfigDict, tokenizer_vocab_size: int) -> nn.Module:
+  return MODELS[model.family](ModelConfig.from_config(model, tokenizer_vocab_size))

@@ -1,22 +1,36 @@
-"""Objectives: what a batch means and how it is scored.
+"""Objectives: how examples are laid out, how a batch is scored, what evaluation reports.
 
 An objective wraps a model and exposes the pure functions the trainer needs:
-`loss_fn(params, batch, rng) -> (loss, metrics)` for training and `eval_fn(params, batch) -> sums`
-for evaluation. Adding an objective touches no training code.
+`loss_fn(params, batch, rng) -> (loss, metrics)` for training and `eval_fn(params, batch) ->
+(sums, predictions)` for evaluation, plus `layout` (for the data pipeline) and `summarize(sums)`.
+Adding an objective touches no training code.
+
+| objective  | family          | layout   | trained on                          | evaluation                         |
+| seq2seq    | encoder_decoder | seq2seq  | target given the input              | loss, token accuracy, exact match  |
+| causal_lm  | decoder_only    | decoder  | every token of input + target       | loss, accuracy, exact match of the continuation |
+| prefix_lm  | decoder_only    | decoder  | target; bidirectional over input    | loss, accuracy, exact match        |
+| mlm        | encoder_only    | encoder  | 15% of tokens: 80% mask/10% random/10% kept | loss, accuracy of masked tokens |
+| classify   | encoder_only    | encoder  | the target text as a class label    | accuracy, precision, recall, macro-F1 |
 """
 
 from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from research import decoding
-from research.config import check_choice
+from research.config import ConfigError, check_choice
+from research.data.pipeline import Layout
+from research.data.tokenizer import EOS_ID, Tokenizer
 
 Array = jax.Array
-OBJECTIVES = ('seq2seq',)
+FAMILY_OF = {'seq2seq': 'encoder_decoder', 'causal_lm': 'decoder_only', 'prefix_lm': 'decoder_only',
+             'mlm': 'encoder_only', 'classify': 'encoder_only'}
 
 
 def cross_entropy(logits: Array, targets: Array, weights: Array, label_smoothing: float = 0.0,
@@ -37,45 +51,244 @@ def cross_entropy(logits: Array, targets: Array, weights: Array, label_smoothing
   return jnp.sum(loss * weights), jnp.sum(correct * weights), jnp.sum(weights)
 
 
-class Seq2Seq:
-  """Supervised sequence-to-sequence: teacher-forced cross-entropy; greedy decodes for exact match."""
+def token_summary(sums) -> dict[str, float]:
+  tokens = max(float(sums['target_tokens']), 1.0)
+  loss = float(sums['loss']) / tokens
+  out = {'loss': loss, 'perplexity': math.exp(min(loss, 50.0)), 'accuracy': float(sums['correct_tokens']) / tokens}
+  if 'exact_match' in sums:
+    out['exact_match'] = float(sums['exact_match']) / max(float(sums['examples']), 1.0)
+  out['examples'] = float(sums['examples'])
+  return out
 
-  def __init__(self, model: nn.Module, objective: ml_collections.ConfigDict, max_decode_length: int):
-    check_choice(objective.name, OBJECTIVES, 'objective.name')
+
+def classification_summary(confusion: np.ndarray) -> dict[str, float]:
+  """Accuracy and macro-averaged precision, recall and F1 from a confusion matrix [true, predicted].
+
+  A class never predicted has precision 0; a class absent from the labels is left out of the averages.
+  """
+  confusion = np.asarray(confusion, np.float64)
+  true_positives = np.diag(confusion)
+  predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+  present = actual > 0
+  precision = np.divide(true_positives, predicted, out=np.zeros_like(true_positives), where=predicted > 0)
+  recall = np.divide(true_positives, actual, out=np.zeros_like(true_positives), where=present)
+  denominator = precision + recall
+  f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positives), where=denominator > 0)
+  return {'accuracy': float(true_positives.sum() / max(confusion.sum(), 1.0)),
+          'precision': float(precision[present].mean()), 'recall': float(recall[present].mean()),
+          'f1': float(f1[present].mean()), 'examples': float(confusion.sum())}
+
+
+class Objective:
+  """Shared plumbing: the model, label smoothing and z-loss, initialisation, the train-step loss."""
+  layout_kind = ''
+
+  def __init__(self, model: nn.Module, config: ml_collections.ConfigDict):
     self.model = model
-    self.label_smoothing = objective.label_smoothing
-    self.z_loss = objective.z_loss
-    self.max_decode_length = max_decode_length
+    self.config = config
+    self.label_smoothing = config.objective.label_smoothing
+    self.z_loss = config.objective.z_loss
+
+  @property
+  def layout(self) -> Layout:
+    data = self.config.data
+    return Layout(self.layout_kind, data.max_input_length, data.max_target_length)
 
   def init(self, rng: Array, batch: dict) -> dict:
     """Boxed (logically partitioned) parameters for a batch of this shape."""
     return self.model.init({'params': rng}, batch, deterministic=True)['params']
 
-  def loss_fn(self, params, batch: dict, rng: Array) -> tuple[Array, dict]:
-    logits = self.model.apply({'params': params}, batch, deterministic=False, rngs={'dropout': rng})
-    loss_sum, correct, weight = cross_entropy(logits, batch['decoder_target_tokens'],
-                                              batch['decoder_loss_weights'], self.label_smoothing, self.z_loss)
+  def logits(self, params, batch: dict, rng: Array | None) -> Array:
+    if rng is None:
+      return self.model.apply({'params': params}, batch, deterministic=True)
+    return self.model.apply({'params': params}, batch, deterministic=False, rngs={'dropout': rng})
+
+  def token_loss(self, params, batch: dict, rng: Array | None) -> tuple[Array, dict]:
+    """Mean cross-entropy of the decoder targets, with the counts the trainer logs."""
+    logits = self.logits(params, batch, rng)
+    loss_sum, correct, weight = cross_entropy(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
+                                              self.label_smoothing, self.z_loss)
     weight = jnp.maximum(weight, 1.0)
     return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': weight,
-                               'input_tokens': jnp.sum(batch['encoder_segment_ids'] > 0)}
+                               'input_tokens': _count(batch, 'encoder_segment_ids')}
+
+  def loss_fn(self, params, batch: dict, rng: Array) -> tuple[Array, dict]:
+    return self.token_loss(params, batch, rng)
+
+  def summarize(self, sums: dict) -> dict[str, float]:
+    return token_summary(sums)
+
+  def describe(self, tokenizer: Tokenizer, prediction: np.ndarray) -> str:
+    return tokenizer.decode(prediction)
+
+
+def _count(batch: dict, key: str) -> Array:
+  return jnp.sum(batch[key] > 0) if key in batch else jnp.zeros((), jnp.int32)
+
+
+def _exact(predictions: Array, targets: Array, scored: Array) -> Array:
+  """Per example: do predictions equal targets on every scored position?"""
+  return jnp.all((predictions == targets) | ~scored, axis=1)
+
+
+class Seq2Seq(Objective):
+  """Supervised sequence-to-sequence: teacher-forced cross-entropy; greedy decodes for exact match."""
+  layout_kind = 'seq2seq'
 
   def predict(self, params, batch: dict) -> Array:
-    """Greedy decodes [batch, max_decode_length], EOS-terminated and zero-padded."""
-    return decoding.greedy(self.model, params, batch, self.max_decode_length)
+    """Greedy decodes [batch, max_target_length], EOS-terminated and zero-padded."""
+    return decoding.greedy(self.model, params, batch, self.config.data.max_target_length)
 
   def eval_fn(self, params, batch: dict) -> tuple[dict, Array]:
     """Metric sums over the batch (so they add up across batches and devices), and the predictions."""
-    logits = self.model.apply({'params': params}, batch, deterministic=True)
+    logits = self.logits(params, batch, None)
     targets = batch['decoder_target_tokens']
     loss_sum, correct, weight = cross_entropy(logits, targets, batch['decoder_loss_weights'])
     predictions = self.predict(params, batch)
     real = (batch['example_index'] >= 0).astype(jnp.float32)
-    width = min(predictions.shape[1], targets.shape[1])
-    exact = jnp.all(predictions[:, :width] == targets[:, :width], axis=1) & jnp.all(targets[:, width:] == 0, axis=1)
-    sums = {'loss': loss_sum, 'correct_tokens': correct, 'target_tokens': weight,
-            'exact_match': jnp.sum(exact * real), 'examples': jnp.sum(real)}
-    return sums, predictions
+    exact = _exact(predictions, targets, jnp.ones_like(targets, bool))
+    return {'loss': loss_sum, 'correct_tokens': correct, 'target_tokens': weight,
+            'exact_match': jnp.sum(exact * real), 'examples': jnp.sum(real)}, predictions
 
 
-def build(config: ml_collections.ConfigDict, model: nn.Module) -> Seq2Seq:
-  return Seq2Seq(model, config.objective, config.data.max_target_length)
+class LanguageModel(Objective):
+  """Decoder-only LM on input + target; `prefix_lm` scores only the target and sees the input bidirectionally."""
+  layout_kind = 'decoder'
+
+  @property
+  def layout(self) -> Layout:
+    data = self.config.data
+    return Layout('decoder', data.max_input_length, data.max_target_length,
+                  prefix_lm=self.config.objective.name == 'prefix_lm')
+
+  def eval_fn(self, params, batch: dict) -> tuple[dict, Array]:
+    logits = self.logits(params, batch, None)
+    targets = batch['decoder_target_tokens']
+    loss_sum, correct, weight = cross_entropy(logits, targets, batch['decoder_loss_weights'])
+    prompt = batch['decoder_prompt']
+    predictions = decoding.greedy_continue(self.model, params, batch, prompt)
+    # Position i predicts token i + 1 of the decoder input: the model generates where that is no prompt.
+    continuation = jnp.concatenate([prompt[:, 1:], jnp.zeros_like(prompt[:, :1])], axis=1) == 0
+    real = (batch['example_index'] >= 0).astype(jnp.float32)
+    exact = _exact(predictions, targets, continuation & (batch['decoder_segment_ids'] > 0))
+    return {'loss': loss_sum, 'correct_tokens': correct, 'target_tokens': weight,
+            'exact_match': jnp.sum(exact * real), 'examples': jnp.sum(real)}, predictions
+
+  def describe(self, tokenizer: Tokenizer, prediction: np.ndarray) -> str:
+    return tokenizer.decode([t for t in np.asarray(prediction) if t])
+
+
+class MaskedLM(Objective):
+  """BERT's masked-LM: 15% of real tokens are scored; of those 80% become [MASK], 10% a random token, 10% stay.
+
+  Masking happens on device from the step's RNG, so it is reproducible and resumes exactly. [MASK]
+  is the first id past the tokenizer's vocabulary (the model's table has room for it).
+  """
+  layout_kind = 'encoder'
+  extra_tokens = 1
+  _eval_rng = jax.random.PRNGKey(0)
+
+  def __init__(self, model: nn.Module, config: ml_collections.ConfigDict, tokenizer_vocab_size: int):
+    super().__init__(model, config)
+    self.mask_id = tokenizer_vocab_size
+    self.rate = config.objective.mask_rate
+
+  def corrupt(self, rng: Array, batch: dict) -> tuple[dict, Array]:
+    tokens = batch['encoder_input_tokens']
+    choose, replace, random_ids = jax.random.split(rng, 3)
+    maskable = (batch['encoder_segment_ids'] > 0) & (tokens != EOS_ID)
+    selected = maskable & (jax.random.uniform(choose, tokens.shape) < self.rate)
+    r = jax.random.uniform(replace, tokens.shape)
+    random_tokens = jax.random.randint(random_ids, tokens.shape, EOS_ID + 2, self.mask_id)
+    corrupted = jnp.where(selected & (r < 0.8), self.mask_id, jnp.where(selected & (r < 0.9), random_tokens, tokens))
+    return {**batch, 'encoder_input_tokens': corrupted}, selected
+
+  def _scores(self, params, batch: dict, mask_rng: Array, dropout_rng: Array | None):
+    corrupted, selected = self.corrupt(mask_rng, batch)
+    logits = self.logits(params, corrupted, dropout_rng)
+    return logits, cross_entropy(logits, batch['encoder_input_tokens'], selected.astype(jnp.float32),
+                                 self.label_smoothing, self.z_loss)
+
+  def loss_fn(self, params, batch: dict, rng: Array) -> tuple[Array, dict]:
+    mask_rng, dropout_rng = jax.random.split(rng)
+    _, (loss_sum, correct, weight) = self._scores(params, batch, mask_rng, dropout_rng)
+    weight = jnp.maximum(weight, 1.0)
+    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': weight,
+                               'input_tokens': _count(batch, 'encoder_segment_ids')}
+
+  def eval_fn(self, params, batch: dict) -> tuple[dict, Array]:
+    logits, (loss_sum, correct, weight) = self._scores(params, batch, self._eval_rng, None)
+    real = (batch['example_index'] >= 0).astype(jnp.float32)
+    predictions = jnp.where(batch['encoder_segment_ids'] > 0, jnp.argmax(logits, axis=-1), 0)
+    return {'loss': loss_sum, 'correct_tokens': correct, 'target_tokens': weight,
+            'examples': jnp.sum(real)}, predictions
+
+  def describe(self, tokenizer: Tokenizer, prediction: np.ndarray) -> str:
+    return tokenizer.decode([t for t in np.asarray(prediction) if 0 < t < self.mask_id])
+
+
+class Classify(Objective):
+  """Sequence classification from the encoder's pooled output; the target text names the class."""
+  layout_kind = 'encoder'
+
+  def __init__(self, model: nn.Module, config: ml_collections.ConfigDict):
+    super().__init__(model, config)
+    self.classes = tuple(config.data.classes)
+    if len(self.classes) != config.model.num_classes:
+      raise ConfigError(f'data.classes has {len(self.classes)} names but model.num_classes='
+                        f'{config.model.num_classes}; make them agree')
+
+  @property
+  def layout(self) -> Layout:
+    data = self.config.data
+    return Layout('encoder', data.max_input_length, data.max_target_length, classes=self.classes)
+
+  def loss_fn(self, params, batch: dict, rng: Array) -> tuple[Array, dict]:
+    logits = self.logits(params, batch, rng)
+    real = (batch['encoder_segment_ids'][:, 0] > 0).astype(jnp.float32)
+    loss_sum, correct, weight = cross_entropy(logits, batch['label'], real, self.label_smoothing, self.z_loss)
+    weight = jnp.maximum(weight, 1.0)
+    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': jnp.zeros(()),
+                               'input_tokens': _count(batch, 'encoder_segment_ids')}
+
+  def eval_fn(self, params, batch: dict) -> tuple[dict, Array]:
+    logits = self.logits(params, batch, None)
+    real = (batch['example_index'] >= 0).astype(jnp.float32)
+    loss_sum, _, _ = cross_entropy(logits, batch['label'], real)
+    predictions = jnp.argmax(logits, axis=-1)
+    count = len(self.classes)
+    confusion = jnp.zeros((count, count)).at[batch['label'], predictions].add(real)
+    return {'loss': loss_sum, 'confusion': confusion}, predictions
+
+  def summarize(self, sums: dict) -> dict[str, float]:
+    summary = classification_summary(sums['confusion'])
+    return {'loss': float(sums['loss']) / max(summary['examples'], 1.0), **summary}
+
+  def describe(self, tokenizer: Tokenizer, prediction: np.ndarray) -> str:
+    return self.classes[int(prediction)]
+
+
+def check_family(config: ml_collections.ConfigDict) -> None:
+  name = config.objective.name
+  check_choice(name, tuple(FAMILY_OF), 'objective.name')
+  if FAMILY_OF[name] != config.model.family:
+    raise ConfigError(f'objective.name={name!r} needs model.family={FAMILY_OF[name]!r}, not {config.model.family!r}')
+  if name == 'classify' and config.model.head != 'classifier' or name == 'mlm' and config.model.head != 'mlm':
+    raise ConfigError(f"objective.name={name!r} needs model.head={'classifier' if name == 'classify' else 'mlm'!r}")
+
+
+def extra_tokens(config: ml_collections.ConfigDict) -> int:
+  """Ids the objective needs beyond the tokenizer's vocabulary ([MASK] for MLM)."""
+  return MaskedLM.extra_tokens if config.objective.name == 'mlm' else 0
+
+
+def build(config: ml_collections.ConfigDict, model: nn.Module, tokenizer_vocab_size: int) -> Objective:
+  check_family(config)
+  name = config.objective.name
+  if name == 'seq2seq':
+    return Seq2Seq(model, config)
+  if name in ('causal_lm', 'prefix_lm'):
+    return LanguageModel(model, config)
+  if name == 'mlm':
+    return MaskedLM(model, config, tokenizer_vocab_size)
+  return Classify(model, config)

@@ -62,11 +62,10 @@ class Experiment:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
 
 
-def example_batch(data: ml_collections.ConfigDict, batch_size: int) -> dict:
-  """A batch of zeros with the model inputs' shapes and dtypes (for initialisation)."""
-  shapes = {'encoder': data.max_input_length, 'decoder': data.max_target_length}
-  batch = {k: np.zeros((batch_size, shapes[k.split('_')[0]]), np.float32 if k.endswith('weights') else np.int32)
-           for k in pipeline.FEATURES}
+def example_batch(layout: pipeline.Layout, batch_size: int) -> dict:
+  """A batch of padding with the model inputs' shapes and dtypes (for initialisation)."""
+  empty = pipeline.pad_example(layout.empty(), layout.lengths())
+  batch = layout.features({k: np.stack([v] * batch_size) for k, v in empty.items()})
   batch['example_index'] = np.zeros((batch_size,), np.int32)
   return batch
 
@@ -97,6 +96,7 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
   Given a `tokenizer` (analysis of a saved workdir), no data is opened.
   """
   data, train = config.data, config.train
+  objectives.check_family(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = mesh_lib.rules(config.mesh)
   dp = mesh_lib.data_parallel_size(mesh)
@@ -115,11 +115,11 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
     train_records = sources.open_split(data, 'train')
     eval_records = sources.open_split(data, 'eval')
     tokenizer = sources.tokenizer_for(data, train_records)
-  model = models.build(config.model, tokenizer.vocab_size)
-  objective = objectives.build(config, model)
+  model = models.build(config.model, tokenizer.vocab_size + objectives.extra_tokens(config))
+  objective = objectives.build(config, model, tokenizer.vocab_size)
   optimizer = optim.make(config.optimizer, train.num_steps)
 
-  batch = example_batch(data, dp)
+  batch = example_batch(objective.layout, dp)
   boxed = jax.eval_shape(objective.init, jax.random.PRNGKey(0), batch)
   param_shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
   abstract_params = nn.unbox(boxed)
@@ -138,7 +138,7 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
 
 def init_state(exp: Experiment) -> TrainState:
   """A fresh state, created directly in its shardings (no host copy of the parameters)."""
-  batch = example_batch(exp.config.data, 1)
+  batch = example_batch(exp.objective.layout, 1)
 
   def init(seed):
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
@@ -194,17 +194,17 @@ def evaluate(exp: Experiment, eval_step: Callable, params: Any) -> tuple[dict, l
   """Metrics over `eval.num_examples` of the eval split, and (input, target, prediction) examples."""
   sums, examples = {}, []
   batches = pipeline.eval_batches(
-      exp.eval_records, exp.tokenizer, exp.config.data, global_batch_size=exp.config.eval.batch_size,
+      exp.eval_records, exp.tokenizer, exp.objective.layout, global_batch_size=exp.config.eval.batch_size,
       num_examples=exp.config.eval.num_examples, process_index=jax.process_index(),
       process_count=jax.process_count())
   for batch in batches:
     batch_sums, predictions, indices = jax.device_get(eval_step(params, to_global(exp, batch)))
-    sums = {k: sums.get(k, 0.0) + float(v) for k, v in batch_sums.items()}
+    sums = {k: sums.get(k, 0.0) + np.asarray(v, np.float64) for k, v in batch_sums.items()}
     for index, prediction in zip(indices, predictions):
       if index >= 0 and len(examples) < exp.config.eval.num_print:
         record = exp.eval_records[int(index)]
-        examples.append((record['input'], record['target'], exp.tokenizer.decode(prediction)))
-  return metrics_lib.summarize_eval(sums), examples
+        examples.append((record['input'], record['target'], exp.objective.describe(exp.tokenizer, prediction)))
+  return exp.objective.summarize(sums), examples
 
 
 class _StopRequest:
@@ -264,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   is_chief = jax.process_index() == 0
   checkpointer = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=train_cfg.keep_checkpoints)
   data_iterator = pipeline.train_iterator(
-      exp.train_records, exp.tokenizer, config.data, global_batch_size=train_cfg.batch_size, seed=config.seed,
+      exp.train_records, exp.tokenizer, config.data, exp.objective.layout, global_batch_size=train_cfg.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   start = checkpointer.latest_step()
   state = init_state(exp) if start is None else checkpointer.restore(start, exp.abstract_state, data_iterator)

@@ -51,7 +51,8 @@ def test_prepared_splits_do_not_overlap(config):
 def _batches(config, seed, count, process_index=0, process_count=1, batch_size=8):
   records = sources.open_split(config.data, 'train')
   tokenizer = sources.tokenizer_for(config.data, records)
-  it = pipeline.train_iterator(records, tokenizer, config.data, global_batch_size=batch_size, seed=seed,
+  layout = pipeline.Layout('seq2seq', config.data.max_input_length, config.data.max_target_length)
+  it = pipeline.train_iterator(records, tokenizer, config.data, layout, global_batch_size=batch_size, seed=seed,
                                process_index=process_index, process_count=process_count)
   return [next(it) for _ in range(count)]
 

@@ -93,8 +93,10 @@ def test_sinusoidal_positions_match_formula():
 def test_every_parameter_has_logical_axis_names(config):
   from research import models
   model = models.build(config.model, tokenizer_vocab_size=100)
+  from research.data.pipeline import Layout
   from research.train import example_batch
-  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), example_batch(config.data, 2))['params']
+  layout = Layout('seq2seq', config.data.max_input_length, config.data.max_target_length)
+  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), example_batch(layout, 2))['params']
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   assert leaves and all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
   assert all(len(leaf.names) == leaf.value.ndim for leaf in leaves)

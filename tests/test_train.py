@@ -138,7 +138,7 @@ def test_load_experiment_returns_a_working_model(reference_run):
   assert exp.step == 12 and exp.config.model.d_model == 32
   assert [r['step'] for r in exp.metrics if 'train/loss' in r] == list(range(1, 13))
   text = 'four hundred two'
-  batch = train.example_batch(exp.config.data, 1)
+  batch = train.example_batch(exp.objective.layout, 1)
   ids = exp.tokenizer.encode(text) + [1]
   batch['encoder_input_tokens'][0, :len(ids)] = ids
   batch['encoder_segment_ids'][0, :len(ids)] = 1

@@ -1,6 +1,7 @@
 """The embedded default task: English number words -> digits.
 
-"three hundred forty-two thousand one hundred seven" -> "342107". The model must parse a small
+"three hundred forty-two thousand one hundred seven" -> "342107" (and 'digits': "6", for
+classification). The model must parse a small
 grammar (units, teens, tens, hundreds, the thousand/million scales, implicit zeros), which a small
 encoder-decoder learns in minutes on a CPU; exact match on held-out numbers says whether it did.
 
@@ -73,8 +74,9 @@ def generate(split: str, count: int, seed: int = 0):
 class NumberWords(tfds.core.GeneratorBasedBuilder):
   """Number words -> digits, generated locally (no download)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Numbers below 10**7; splits disjoint by a hash of the number.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Numbers below 10**7; splits disjoint by a hash of the number.',
+                   '1.1.0': "Adds 'digits', the digit count as text: a 7-class classification target."}
 
   def __init__(self, **kwargs):
     kwargs.setdefault('file_format', 'array_record')
@@ -84,7 +86,8 @@ class NumberWords(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({'input': tfds.features.Text(), 'target': tfds.features.Text()}),
+        features=tfds.features.FeaturesDict({'input': tfds.features.Text(), 'target': tfds.features.Text(),
+                                             'digits': tfds.features.Text()}),
         supervised_keys=('input', 'target'),
     )
 
@@ -94,4 +97,4 @@ class NumberWords(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, count: int):
     for n, words in generate(split, count):
-      yield n, {'input': words, 'target': str(n)}
+      yield n, {'input': words, 'target': str(n), 'digits': str(len(str(n)))}

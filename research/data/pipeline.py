@@ -20,50 +20,105 @@ from research.data.tokenizer import EOS_ID, Tokenizer
 # What the models read; segment ids are 0 on padding, positions restart in each packed segment.
 FEATURES = ('encoder_input_tokens', 'encoder_segment_ids', 'encoder_positions', 'decoder_input_tokens',
             'decoder_target_tokens', 'decoder_segment_ids', 'decoder_positions', 'decoder_loss_weights')
+LAYOUTS = ('seq2seq', 'decoder', 'encoder')
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How an objective arranges an (input, target) example into model features.
+
+  'seq2seq': input -> encoder, target -> decoder. 'decoder': input and target as one sequence for a
+  decoder-only model; with `prefix_lm` the input is a bidirectional prefix and only the target is
+  scored, else every token is. 'encoder': the input alone; with `classes`, the target text names the
+  label (`classes.index(target)`).
+  """
+  kind: str
+  max_input_length: int
+  max_target_length: int
+  prefix_lm: bool = False
+  classes: tuple[str, ...] = ()
+
+  def lengths(self) -> dict[str, int]:
+    """Per-token arrays and their maximum lengths (what packing packs)."""
+    if self.kind == 'seq2seq':
+      return {'inputs': self.max_input_length, 'targets': self.max_target_length}
+    if self.kind == 'decoder':
+      total = self.max_input_length + self.max_target_length
+      return {'targets': total, 'prefix': total, 'scored': total}
+    return {'inputs': self.max_input_length}
+
+  def arrange(self, inputs: np.ndarray, targets: np.ndarray, target_text: str) -> dict:
+    if self.kind == 'seq2seq':
+      return {'inputs': inputs, 'targets': targets}
+    if self.kind == 'decoder':
+      # The input's EOS separates it from the target. Decoder inputs are shifted right by one, so
+      # positions 0..len(inputs) read only the input: that is the bidirectional prefix.
+      prefix = np.zeros(len(inputs) + len(targets), np.int32)
+      prefix[:len(inputs) + 1] = 1
+      scored = np.ones_like(prefix)
+      if self.prefix_lm:
+        scored[:len(inputs)] = 0
+      return {'targets': np.concatenate([inputs, targets]), 'prefix': prefix, 'scored': scored}
+    example = {'inputs': inputs}
+    if self.classes:
+      if target_text not in self.classes:
+        raise ValueError(f'label {target_text!r} is not one of data.classes {self.classes}')
+      example['label'] = np.int32(self.classes.index(target_text))
+    return example
+
+  def empty(self) -> dict:
+    example = {key: np.zeros([0], np.int32) for key in self.lengths()}
+    if self.kind == 'encoder' and self.classes:
+      example['label'] = np.int32(0)
+    return example
+
+  def features(self, batch: dict) -> dict:
+    """Packed-layout arrays -> model features; decoder inputs are targets shifted right per segment."""
+    out = {}
+    if 'inputs' in batch:
+      out.update(encoder_input_tokens=batch['inputs'], encoder_segment_ids=batch['inputs_segment_ids'],
+                 encoder_positions=batch['inputs_positions'])
+    if 'label' in batch:
+      out['label'] = batch['label']
+    if 'targets' in batch:
+      targets = batch['targets']
+      shifted = np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+      weights = (batch['targets_segment_ids'] > 0) & (batch.get('scored', 1) > 0)
+      if 'prefix' in batch:
+        out['decoder_prompt'] = batch['prefix']  # decoder inputs that come from the input text
+      if self.prefix_lm:
+        out['decoder_causal_attention'] = batch['prefix']
+      out.update(decoder_input_tokens=np.where(batch['targets_positions'] == 0, 0, shifted).astype(np.int32),
+                 decoder_target_tokens=targets, decoder_segment_ids=batch['targets_segment_ids'],
+                 decoder_positions=batch['targets_positions'], decoder_loss_weights=weights.astype(np.float32))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Encode(grain.transforms.Map):
-  """{'input', 'target'} text -> token arrays ending in EOS, truncated to the configured lengths."""
+  """{'input', 'target'} text -> token arrays ending in EOS, truncated, arranged by the layout."""
   tokenizer: Tokenizer
-  max_input_length: int
-  max_target_length: int
+  layout: Layout
 
   def map(self, example):
-    return {'inputs': _ids(self.tokenizer.encode(example['input']), self.max_input_length),
-            'targets': _ids(self.tokenizer.encode(example['target']), self.max_target_length)}
+    inputs = _ids(self.tokenizer.encode(example['input']), self.layout.max_input_length)
+    targets = _ids(self.tokenizer.encode(example['target']), self.layout.max_target_length)
+    return self.layout.arrange(inputs, targets, example['target'])
 
 
 def _ids(ids: list[int], length: int) -> np.ndarray:
   return np.asarray(ids[:length - 1] + [EOS_ID], np.int32)
 
 
-def pad_example(example: dict, input_length: int, target_length: int) -> dict:
+def pad_example(example: dict, lengths: dict[str, int]) -> dict:
   """One example padded to fixed lengths, in the packed layout (one segment)."""
-  out = {}
-  for key, length in (('inputs', input_length), ('targets', target_length)):
+  out = {k: v for k, v in example.items() if k not in lengths}
+  for key, length in lengths.items():
     n = len(example[key])
     out[key] = np.pad(example[key], (0, length - n))
     out[f'{key}_segment_ids'] = (np.arange(length) < n).astype(np.int32)
     out[f'{key}_positions'] = np.where(np.arange(length) < n, np.arange(length), 0).astype(np.int32)
   return out
-
-
-def model_features(batch: dict) -> dict:
-  """Packed-layout arrays -> model features; the decoder input is the target shifted right per segment."""
-  targets = batch['targets']
-  shifted = np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-  decoder_input = np.where(batch['targets_positions'] == 0, 0, shifted)
-  return {
-      'encoder_input_tokens': batch['inputs'],
-      'encoder_segment_ids': batch['inputs_segment_ids'],
-      'encoder_positions': batch['inputs_positions'],
-      'decoder_input_tokens': decoder_input.astype(np.int32),
-      'decoder_target_tokens': targets,
-      'decoder_segment_ids': batch['targets_segment_ids'],
-      'decoder_positions': batch['targets_positions'],
-      'decoder_loss_weights': (batch['targets_segment_ids'] > 0).astype(np.float32),
-  }
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -72,29 +127,27 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def train_iterator(records: Records, tokenizer: Tokenizer, data: ml_collections.ConfigDict, *,
+def train_iterator(records: Records, tokenizer: Tokenizer, data: ml_collections.ConfigDict, layout: Layout, *,
                    global_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
   """An endless, checkpointable iterator of this process's share of each global training batch."""
   batch_size = local_batch_size(global_batch_size, process_count)
-  encode = Encode(tokenizer, data.max_input_length, data.max_target_length)
-  examples = grain.MapDataset.source(records).shuffle(seed=seed).repeat().map(encode)
+  examples = grain.MapDataset.source(records).shuffle(seed=seed).repeat().map(Encode(tokenizer, layout))
   if data.pack:
     # Packing consumes a variable number of examples per batch, so each process packs its own
     # interleaved share of the stream.
     ds = grain.experimental.FirstFitPackIterDataset(
         examples[process_index::process_count].to_iter_dataset(),
-        length_struct={'inputs': data.max_input_length, 'targets': data.max_target_length},
+        length_struct=layout.lengths(),
         num_packing_bins=batch_size, seed=seed)
     ds = ds.batch(batch_size, drop_remainder=True)
   else:
-    padded = examples.map(lambda ex: pad_example(ex, data.max_input_length, data.max_target_length))
+    padded = examples.map(lambda ex: pad_example(ex, layout.lengths()))
     ds = padded.batch(batch_size, drop_remainder=True)[process_index::process_count].to_iter_dataset(
         grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=8 * data.read_threads))
-  return iter(ds.map(model_features))
+  return iter(ds.map(layout.features))
 
 
-def eval_batches(records: Records, tokenizer: Tokenizer, data: ml_collections.ConfigDict, *,
-                 global_batch_size: int, num_examples: int, process_index: int = 0, process_count: int = 1):
+def eval_batches(records: Records, tokenizer: Tokenizer, layout: Layout, *, global_batch_size: int, num_examples: int, process_index: int = 0, process_count: int = 1):
   """The first `num_examples` (0 = all) of `records`, in order, as this process's share of each batch.
 
   Every process yields the same number of batches (collectives need that); slots past the end are
@@ -102,13 +155,12 @@ def eval_batches(records: Records, tokenizer: Tokenizer, data: ml_collections.Co
   """
   batch_size = local_batch_size(global_batch_size, process_count)
   total = len(records) if num_examples <= 0 else min(num_examples, len(records))
-  encode = Encode(tokenizer, data.max_input_length, data.max_target_length)
-  empty = {'inputs': np.zeros([0], np.int32), 'targets': np.zeros([0], np.int32)}
+  encode = Encode(tokenizer, layout)
   for start in range(0, total, global_batch_size):
     first = start + process_index * batch_size
     indices = [i if i < total else -1 for i in range(first, first + batch_size)]
-    examples = [pad_example(encode.map(records[i]) if i >= 0 else empty, data.max_input_length,
-                            data.max_target_length) for i in indices]
-    batch = model_features({k: np.stack([ex[k] for ex in examples]) for k in examples[0]})
+    examples = [pad_example(encode.map(records[i]) if i >= 0 else layout.empty(), layout.lengths())
+                for i in indices]
+    batch = layout.features({k: np.stack([ex[k] for ex in examples]) for k in examples[0]})
     batch['example_index'] = np.asarray(indices, np.int32)
     yield batch

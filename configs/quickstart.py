@@ -49,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
       tokenizer='sentencepiece',  # or 'bytes'
       tokenizer_model_type='bpe',  # 'unigram' splits the rare word 'million' into letters here
       vocab_size=128,
+      vocab_file='',  # a SentencePiece model to use instead of training one
       tokenizer_train_examples=20_000,
       max_input_length=24,
       max_target_length=10,

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from research import checkpoints, config as config_lib, metrics as metrics_lib, train
-from research.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer
+from research.data.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass
@@ -36,12 +36,7 @@ def load_experiment(workdir: str, step: int | None = None) -> LoadedExperiment:
     raise config_lib.ConfigError(f'{workdir} holds no {train.CONFIG_FILE}; is it a training workdir?')
   with open(config_path) as f:
     config = config_lib.from_json(f.read())
-  vocab_path = os.path.join(workdir, train.VOCAB_FILE)
-  if os.path.exists(vocab_path):
-    with open(vocab_path, 'rb') as f:
-      tokenizer = SentencePieceTokenizer(f.read())
-  else:
-    tokenizer = ByteTokenizer()
+  tokenizer = train.tokenizer_for_workdir(config, workdir)
   config.mesh.update(data=1, fsdp=1, tensor=1)
   config.train.batch_size = config.eval.batch_size = 1
   exp = train.setup(config, devices=jax.devices()[:1], tokenizer=tokenizer)

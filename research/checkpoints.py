@@ -54,7 +54,8 @@ class Checkpointer:
     data iterator in place; refuses a checkpoint whose tensors do not match by name and shape."""
     self.check_shapes(step, abstract_state)
     items = {'state': ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    # An imported checkpoint has no data position: its iterator starts at the beginning.
+    if data_iterator is not None and os.path.isdir(os.path.join(self.directory, str(step), 'data')):
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
 

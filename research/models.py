@@ -40,6 +40,8 @@ class ModelConfig:
   relative_max_distance: int = 128
   max_length: int = 512
   tie_embeddings: bool = True
+  scale_logits: bool = True  # final states scaled by 1/sqrt(d_model) before the output projection (T5)
+  scale_attention: bool = True  # queries scaled by 1/sqrt(head_dim); T5 folds this into its initialisation
   use_bias: bool = False
   head: str = 'lm'  # encoder_only: 'mlm' or 'classifier'
   num_classes: int = 2
@@ -51,7 +53,7 @@ class ModelConfig:
   def from_config(cls, model: ml_collections.ConfigDict, tokenizer_vocab_size: int) -> 'ModelConfig':
     check_choice(model.family, FAMILIES, 'model.family')
     fields = {f.name for f in dataclasses.fields(cls)} - {'vocab_size'}
-    unknown = set(model.keys()) - fields - {'family', 'vocab_multiple'}
+    unknown = set(model.keys()) - fields - {'family', 'vocab_multiple', 'vocab_size'}
     if unknown:
       raise ConfigError(f'model.{sorted(unknown)[0]} is not a model field; valid: {", ".join(sorted(fields))}')
     values = {k: model[k] for k in fields if k in model}
@@ -61,7 +63,13 @@ class ModelConfig:
                           'set model.head_dim explicitly or change one of them')
       values['head_dim'] = model.d_model // model.num_heads
     multiple = model.get('vocab_multiple', 1)
-    config = cls(vocab_size=-(-tokenizer_vocab_size // multiple) * multiple, **values)
+    vocab_size = -(-tokenizer_vocab_size // multiple) * multiple
+    if model.get('vocab_size'):  # fixed, e.g. by an imported checkpoint
+      if model.vocab_size < tokenizer_vocab_size:
+        raise ConfigError(f'model.vocab_size={model.vocab_size} is smaller than the {tokenizer_vocab_size} ids '
+                          'the tokenizer and objective need')
+      vocab_size = model.vocab_size
+    config = cls(vocab_size=vocab_size, **values)
     config.validate()
     return config
 
@@ -78,10 +86,12 @@ class ModelConfig:
       raise ConfigError(f'rotary positions need an even head_dim, got {self.head_dim}')
     check_choice(self.dtype, ('float32', 'bfloat16'), 'model.dtype')
     check_choice(self.param_dtype, ('float32', 'bfloat16'), 'model.param_dtype')
-    for name in ('d_model', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers', 'num_decoder_layers',
-                 'num_classes'):
+    for name in ('d_model', 'num_heads', 'head_dim', 'mlp_dim', 'num_classes'):
       if getattr(self, name) <= 0:
         raise ConfigError(f'model.{name} must be positive, got {getattr(self, name)}')
+    for name in ('num_encoder_layers', 'num_decoder_layers'):  # 0 for the stack a family does not have
+      if getattr(self, name) < 0:
+        raise ConfigError(f'model.{name} must not be negative, got {getattr(self, name)}')
     for name in ('dropout_rate', 'attention_dropout_rate'):
       if not 0 <= getattr(self, name) < 1:
         raise ConfigError(f'model.{name} must be in [0, 1), got {getattr(self, name)}')
@@ -102,7 +112,8 @@ class Block(nn.Module):
                encoded: Array | None = None, cross_mask: Array | None = None) -> Array:
     c = self.config
     attention = lambda name, rotary: layers.MultiHeadAttention(  # noqa: E731
-        c.num_heads, c.head_dim, c.num_kv_heads, c.attention_dropout_rate, c.use_bias, rotary, **c.kwargs, name=name)
+        c.num_heads, c.head_dim, c.num_kv_heads, c.attention_dropout_rate, c.use_bias, rotary, c.scale_attention,
+        **c.kwargs, name=name)
 
     def sublayer(x, name, fn):
       norm = layers.Norm(c.norm, c.norm_epsilon, **c.kwargs, name=f'{name}_norm')
@@ -157,14 +168,16 @@ class Stack(nn.Module):
 
 
 class LmHead(nn.Module):
-  """Hidden states -> vocabulary logits, through the tied embedding (scaled by 1/sqrt(d)) or its own matrix."""
+  """Hidden states -> vocabulary logits, through the tied embedding or its own matrix."""
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x: Array, embed: layers.Embed) -> Array:
     c = self.config
+    if c.scale_logits:
+      x = x / jnp.sqrt(c.d_model).astype(x.dtype)
     if c.tie_embeddings:
-      logits = embed.attend(x) / jnp.sqrt(c.d_model).astype(x.dtype)
+      logits = embed.attend(x)
     else:
       logits = nn.Dense(c.vocab_size, use_bias=False, dtype=c.kwargs['dtype'], param_dtype=c.kwargs['param_dtype'],
                         kernel_init=layers.logical(nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'),
@@ -249,8 +262,9 @@ class EncoderOnly(nn.Module):
       pooled = jnp.tanh(dense(c.d_model, ('embed', 'mlp'), 'pooler')(pooled))
       pooled = nn.Dropout(c.dropout_rate)(pooled, deterministic=deterministic)
       return dense(c.num_classes, ('mlp', None), 'classifier')(pooled)
-    # BERT's MLM transform before the (tied) output projection.
-    h = layers.ACTIVATIONS['gelu'](dense(c.d_model, ('embed', 'mlp'), 'mlm_transform')(x))
+    # BERT's MLM transform (dense, the model's activation, norm) before the (tied) output projection.
+    activation = layers.ACTIVATIONS[layers.GATED_ACTIVATIONS.get(c.activation, c.activation)]
+    h = activation(dense(c.d_model, ('embed', 'mlp'), 'mlm_transform')(x))
     h = layers.Norm(c.norm, c.norm_epsilon, **c.kwargs, name='mlm_norm')(h)
     logits = LmHead(c, name='lm_head')(h, token_embed)
     return logits + self.param('mlm_bias', layers.logical(nn.initializers.zeros, 'vocab'), (c.vocab_size,),

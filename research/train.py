@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from research import checkpoints, config as config_lib, mesh as mesh_lib, metrics as metrics_lib
 from research import models, objectives, optim
 from research.data import pipeline, sources
-from research.data.tokenizer import SentencePieceTokenizer, Tokenizer
+from research.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer
 
 CONFIG_FILE = 'config.json'
 VOCAB_FILE = 'vocab.model'
@@ -239,14 +239,25 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
       config_lib.check_resumable(config_lib.from_json(f.read()), config, workdir)
 
 
-def save_to_workdir(exp: Experiment, workdir: str) -> None:
+def save_to_workdir(config: ml_collections.ConfigDict, tokenizer: Tokenizer, workdir: str) -> None:
   """The resolved config and the vocabulary, so the workdir alone is enough to load the model."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  _write_atomic(os.path.join(workdir, CONFIG_FILE), config_lib.to_json(exp.config).encode())
-  if isinstance(exp.tokenizer, SentencePieceTokenizer):
-    _write_atomic(os.path.join(workdir, VOCAB_FILE), exp.tokenizer.serialized)
+  _write_atomic(os.path.join(workdir, CONFIG_FILE), config_lib.to_json(config).encode())
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    _write_atomic(os.path.join(workdir, VOCAB_FILE), tokenizer.serialized)
+
+
+def tokenizer_for_workdir(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
+  """The tokenizer a workdir was trained with: its vocab.model (or data.vocab_file), or bytes."""
+  if config.data.tokenizer == 'bytes':
+    return ByteTokenizer()
+  for path in (os.path.join(workdir, VOCAB_FILE), config.data.get('vocab_file')):
+    if path and os.path.exists(path):
+      with open(path, 'rb') as f:
+        return SentencePieceTokenizer(f.read())
+  raise config_lib.ConfigError(f'{workdir} has no {VOCAB_FILE}; cannot rebuild its SentencePiece tokenizer')
 
 
 def _write_atomic(path: str, content: bytes) -> None:
@@ -260,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   check_workdir(config, workdir)
   exp = setup(config, devices)
   train_cfg = config.train
-  save_to_workdir(exp, workdir)
+  save_to_workdir(config, exp.tokenizer, workdir)
   is_chief = jax.process_index() == 0
   checkpointer = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=train_cfg.keep_checkpoints)
   data_iterator = pipeline.train_iterator(

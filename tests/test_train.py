@@ -174,5 +174,5 @@ def test_checkpoint_of_another_shape_is_refused_by_tensor_name(reference_run, co
   import shutil
   shutil.copytree(reference_run[0] / 'checkpoints', tmp_path / 'checkpoints')
   config.model.mlp_dim = 32
-  with pytest.raises(ConfigError, match=r"tensor params/decoder_0/mlp/wi/kernel has shape \(32, 64\) but the model expects \(32, 32\)"):
+  with pytest.raises(ConfigError, match=r"tensor params/decoder/layers_0/mlp/wi/kernel has shape \(32, 64\) but the model expects \(32, 32\)"):
     train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])

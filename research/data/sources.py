@@ -36,6 +36,11 @@ def tokenizer_for(data: ml_collections.ConfigDict, train: Records) -> tokenizer_
     return tokenizer_lib.ByteTokenizer()
   if data.tokenizer != 'sentencepiece':
     raise ConfigError(f"data.tokenizer={data.tokenizer!r} is not one of 'sentencepiece', 'bytes'")
+  if data.get('vocab_file'):  # a given model (e.g. an imported T5's spiece.model), not trained here
+    if not os.path.exists(data.vocab_file):
+      raise ConfigError(f'data.vocab_file={data.vocab_file!r} does not exist')
+    with open(data.vocab_file, 'rb') as f:
+      return tokenizer_lib.SentencePieceTokenizer(f.read())
   check_choice(data.tokenizer_model_type, ('unigram', 'bpe'), 'data.tokenizer_model_type')
   count = min(len(train), data.tokenizer_train_examples)
   name = 'spm_{}_{}_{}'.format(data.tokenizer_model_type, data.vocab_size, tokenizer_lib.fingerprint(

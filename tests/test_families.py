@@ -212,3 +212,18 @@ def test_objective_and_family_must_agree(config):
   config.objective.name = 'mlm'
   with pytest.raises(config_lib.ConfigError, match="objective.name='mlm' needs model.family='encoder_only'"):
     train.setup(config)
+
+
+@pytest.mark.parametrize('name, published', [
+    ('t5_small', 76_961_152),  # google/t5-v1_1-small
+    ('t5_base', 247_577_856),  # google/t5-v1_1-base
+    ('bert_base', 110_000_000),  # BERT paper, Table 1 (BERT-base: 110M)
+    ('gpt2_small', 124_439_808),  # gpt2 (124M)
+])
+def test_standard_configs_have_the_published_parameter_count(name, published):
+  config = config_lib.load_config_file(f'{REPO}/configs/{name}.py')
+  model = models.build(config.model, tokenizer_vocab_size=config.data.vocab_size)
+  objective = objectives.build(config, model, config.data.vocab_size)
+  shapes = jax.eval_shape(objective.init, jax.random.PRNGKey(0), train.example_batch(objective.layout, 1))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes)))
+  assert abs(count - published) / published < 0.01, count

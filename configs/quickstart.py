@@ -58,7 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
       read_threads=2,
   ))
 
-  config.objective = ml_collections.ConfigDict(dict(name='seq2seq', label_smoothing=0.0, z_loss=0.0, mask_rate=0.15))
+  config.objective = ml_collections.ConfigDict(dict(
+      name='seq2seq', label_smoothing=0.0, z_loss=0.0,
+      mask_rate=0.15,  # mlm
+      noise_density=0.15, mean_noise_span_length=3.0,  # span_corruption
+  ))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adamw',

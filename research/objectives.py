@@ -7,6 +7,7 @@ Adding an objective touches no training code.
 
 | objective  | family          | layout   | trained on                          | evaluation                         |
 | seq2seq    | encoder_decoder | seq2seq  | target given the input              | loss, token accuracy, exact match  |
+| span_corruption | encoder_decoder | seq2seq | T5: noise spans of the input text, each replaced by a sentinel | same |
 | causal_lm  | decoder_only    | decoder  | every token of input + target       | loss, accuracy, exact match of the continuation |
 | prefix_lm  | decoder_only    | decoder  | target; bidirectional over input    | loss, accuracy, exact match        |
 | mlm        | encoder_only    | encoder  | 15% of tokens: 80% mask/10% random/10% kept | loss, accuracy of masked tokens |
@@ -25,11 +26,12 @@ import numpy as np
 
 from research import decoding
 from research.config import ConfigError, check_choice
+from research.data import pipeline
 from research.data.pipeline import Layout
 from research.data.tokenizer import EOS_ID, Tokenizer
 
 Array = jax.Array
-FAMILY_OF = {'seq2seq': 'encoder_decoder', 'causal_lm': 'decoder_only', 'prefix_lm': 'decoder_only',
+FAMILY_OF = {'seq2seq': 'encoder_decoder', 'span_corruption': 'encoder_decoder', 'causal_lm': 'decoder_only', 'prefix_lm': 'decoder_only',
              'mlm': 'encoder_only', 'classify': 'encoder_only'}
 
 
@@ -132,8 +134,35 @@ def _exact(predictions: Array, targets: Array, scored: Array) -> Array:
 
 
 class Seq2Seq(Objective):
-  """Supervised sequence-to-sequence: teacher-forced cross-entropy; greedy decodes for exact match."""
+  """Supervised sequence-to-sequence (or T5 span corruption of the input text): teacher-forced
+  cross-entropy; greedy decodes for exact match. Span-corruption sentinels are the ids right after
+  the tokenizer's vocabulary."""
   layout_kind = 'seq2seq'
+
+  def __init__(self, model: nn.Module, config: ml_collections.ConfigDict, tokenizer_vocab_size: int):
+    super().__init__(model, config)
+    self.first_sentinel = tokenizer_vocab_size
+
+  @property
+  def layout(self) -> Layout:
+    data, objective = self.config.data, self.config.objective
+    if objective.name != 'span_corruption':
+      return super().layout
+    return Layout('seq2seq', data.max_input_length, data.max_target_length, noise_density=objective.noise_density,
+                  mean_noise_span_length=objective.mean_noise_span_length, first_sentinel=self.first_sentinel)
+
+  def describe(self, tokenizer: Tokenizer, prediction: np.ndarray) -> str:
+    """Decoded text, with span-corruption sentinels shown as <extra_id_k> (as in T5)."""
+    pieces, chunk = [], []
+    for token in [int(t) for t in np.asarray(prediction)]:
+      if token == EOS_ID:
+        break
+      if token >= self.first_sentinel:
+        pieces += [tokenizer.decode(chunk), f'<extra_id_{token - self.first_sentinel}>']
+        chunk = []
+      else:
+        chunk.append(token)
+    return ''.join(pieces + [tokenizer.decode(chunk)])
 
   def predict(self, params, batch: dict) -> Array:
     """Greedy decodes [batch, max_target_length], EOS-terminated and zero-padded."""
@@ -278,15 +307,21 @@ def check_family(config: ml_collections.ConfigDict) -> None:
 
 
 def extra_tokens(config: ml_collections.ConfigDict) -> int:
-  """Ids the objective needs beyond the tokenizer's vocabulary ([MASK] for MLM)."""
+  """Ids the objective needs beyond the tokenizer's vocabulary: [MASK] for MLM, the sentinels of span corruption."""
+  if config.objective.name == 'span_corruption':
+    objective = config.objective
+    if not 0 < objective.noise_density < 1 or objective.mean_noise_span_length < 1:
+      raise ConfigError('span corruption needs 0 < objective.noise_density < 1 and objective.mean_noise_span_length >= 1')
+    return pipeline.num_noise_spans(config.data.max_input_length, objective.noise_density,
+                                    objective.mean_noise_span_length)[1]
   return MaskedLM.extra_tokens if config.objective.name == 'mlm' else 0
 
 
 def build(config: ml_collections.ConfigDict, model: nn.Module, tokenizer_vocab_size: int) -> Objective:
   check_family(config)
   name = config.objective.name
-  if name == 'seq2seq':
-    return Seq2Seq(model, config)
+  if name in ('seq2seq', 'span_corruption'):
+    return Seq2Seq(model, config, tokenizer_vocab_size)
   if name in ('causal_lm', 'prefix_lm'):
     return LanguageModel(model, config)
   if name == 'mlm':

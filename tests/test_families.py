@@ -191,7 +191,8 @@ def test_classification_summary_against_hand_counts():
   assert summary['f1'] == pytest.approx(np.mean(f1))
 
 
-@pytest.mark.parametrize('name', ['decoder_quickstart', 'encoder_quickstart', 'classifier_quickstart'])
+@pytest.mark.parametrize('name', ['decoder_quickstart', 'encoder_quickstart', 'classifier_quickstart',
+                                  'span_corruption_quickstart'])
 def test_each_family_quickstart_trains(name, data_dir, tmp_path):
   config = config_lib.load_config_file(f'{REPO}/configs/{name}.py')
   tiny = tiny_config(data_dir)
@@ -227,3 +228,27 @@ def test_standard_configs_have_the_published_parameter_count(name, published):
   shapes = jax.eval_shape(objective.init, jax.random.PRNGKey(0), train.example_batch(objective.layout, 1))
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes)))
   assert abs(count - published) / published < 0.01, count
+
+
+@pytest.mark.parametrize('length, density, mean', [(20, 0.15, 3.0), (100, 0.15, 3.0), (57, 0.5, 2.0), (9, 0.3, 1.0)])
+def test_span_corruption_noise_mask_and_reconstruction(length, density, mean):
+  rng = np.random.default_rng(length)
+  noise_tokens, spans = pipeline.num_noise_spans(length, density, mean)
+  assert noise_tokens == min(max(round(length * density), 1), length - 1)
+  for _ in range(20):
+    mask = pipeline.random_spans_noise_mask(length, density, mean, rng)
+    starts = mask & ~np.concatenate([[False], mask[:-1]])
+    assert mask.sum() == noise_tokens and starts.sum() == spans and not mask[0]
+    tokens = rng.integers(3, 50, length)
+    inputs, targets = pipeline.span_corruption(tokens, density, mean, 100, rng)
+    # Putting each span back in place of its sentinel gives the original text.
+    spans_by_sentinel, current = {}, None
+    for t in targets:
+      if t >= 100:
+        current = t
+        spans_by_sentinel[t] = []
+      else:
+        spans_by_sentinel[current].append(t)
+    rebuilt = [x for t in inputs for x in (spans_by_sentinel[t] if t >= 100 else [t])]
+    assert rebuilt == tokens.tolist()
+    assert sorted(spans_by_sentinel) == list(range(100, 100 + spans))

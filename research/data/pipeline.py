@@ -37,6 +37,9 @@ class Layout:
   max_target_length: int
   prefix_lm: bool = False
   classes: tuple[str, ...] = ()
+  noise_density: float = 0.0  # > 0: T5 span corruption of the input text (seq2seq)
+  mean_noise_span_length: float = 3.0
+  first_sentinel: int = 0  # sentinel k is first_sentinel + k (ids past the tokenizer's vocabulary)
 
   def lengths(self) -> dict[str, int]:
     """Per-token arrays and their maximum lengths (what packing packs)."""
@@ -65,6 +68,12 @@ class Layout:
         raise ValueError(f'label {target_text!r} is not one of data.classes {self.classes}')
       example['label'] = np.int32(self.classes.index(target_text))
     return example
+
+  def corrupt(self, example: dict, rng: np.random.Generator) -> dict:
+    """T5 span corruption: noise spans of the input become sentinels; the target lists them."""
+    inputs, targets = span_corruption(example['inputs'][:-1], self.noise_density, self.mean_noise_span_length,
+                                      self.first_sentinel, rng)
+    return {'inputs': _ids(inputs, self.max_input_length), 'targets': _ids(targets, self.max_target_length)}
 
   def empty(self) -> dict:
     example = {key: np.zeros([0], np.int32) for key in self.lengths()}
@@ -106,8 +115,56 @@ class Encode(grain.transforms.Map):
     return self.layout.arrange(inputs, targets, example['target'])
 
 
-def _ids(ids: list[int], length: int) -> np.ndarray:
-  return np.asarray(ids[:length - 1] + [EOS_ID], np.int32)
+@dataclasses.dataclass(frozen=True)
+class SpanCorrupt(grain.transforms.RandomMap):
+  layout: Layout
+
+  def random_map(self, example, rng: np.random.Generator):
+    return self.layout.corrupt(example, rng)
+
+
+def _ids(ids, length: int) -> np.ndarray:
+  return np.asarray(list(ids)[:length - 1] + [EOS_ID], np.int32)
+
+
+def num_noise_spans(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+  """(noise tokens, noise spans) for a sequence of `length` tokens, as T5 rounds them."""
+  noise = min(max(int(round(length * noise_density)), 1), length - 1)
+  return noise, max(int(round(noise / mean_noise_span_length)), 1)
+
+
+def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_length: float,
+                            rng: np.random.Generator) -> np.ndarray:
+  """T5's noise mask: alternating non-noise / noise spans with random lengths; starts with non-noise."""
+  noise, spans = num_noise_spans(length, noise_density, mean_noise_span_length)
+
+  def segment_lengths(items: int) -> np.ndarray:  # `items` split at random into `spans` non-empty parts
+    cuts = np.sort(rng.choice(np.arange(1, items), spans - 1, replace=False)) if spans > 1 else np.array([], int)
+    return np.diff(np.concatenate([[0], cuts, [items]]))
+  interleaved = np.stack([segment_lengths(length - noise), segment_lengths(noise)], axis=1).reshape(-1)
+  return np.repeat(np.arange(len(interleaved)) % 2 == 1, interleaved)
+
+
+def span_corruption(tokens: np.ndarray, noise_density: float, mean_noise_span_length: float, first_sentinel: int,
+                    rng: np.random.Generator) -> tuple[list[int], list[int]]:
+  """(inputs, targets) without EOS: each noise span of `tokens` becomes one sentinel in the inputs, and
+  the targets are each sentinel followed by the span it replaced."""
+  tokens = [int(t) for t in tokens]
+  if len(tokens) < 2:
+    return tokens, []
+  noise = random_spans_noise_mask(len(tokens), noise_density, mean_noise_span_length, rng)
+  inputs, targets, sentinel = [], [], first_sentinel - 1
+  for i, (token, is_noise) in enumerate(zip(tokens, noise)):
+    starts_span = is_noise and (i == 0 or not noise[i - 1])
+    sentinel += starts_span
+    if is_noise:
+      if starts_span:
+        inputs.append(sentinel)
+        targets.append(sentinel)
+      targets.append(token)
+    else:
+      inputs.append(token)
+  return inputs, targets
 
 
 def pad_example(example: dict, lengths: dict[str, int]) -> dict:
@@ -121,6 +178,14 @@ def pad_example(example: dict, lengths: dict[str, int]) -> dict:
   return out
 
 
+def _eval_example(encode: Encode, records: Records, index: int) -> dict:
+  """Example `index` (-1: padding); its span corruption, if any, depends on the index alone."""
+  if index < 0:
+    return encode.layout.empty()
+  example = encode.map(records[index])
+  return encode.layout.corrupt(example, np.random.default_rng(index)) if encode.layout.noise_density else example
+
+
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
     raise ValueError(f'batch size {global_batch_size} is not divisible by the {process_count} processes')
@@ -132,6 +197,8 @@ def train_iterator(records: Records, tokenizer: Tokenizer, data: ml_collections.
   """An endless, checkpointable iterator of this process's share of each global training batch."""
   batch_size = local_batch_size(global_batch_size, process_count)
   examples = grain.MapDataset.source(records).shuffle(seed=seed).repeat().map(Encode(tokenizer, layout))
+  if layout.noise_density:
+    examples = examples.random_map(SpanCorrupt(layout), seed=seed)
   if data.pack:
     # Packing consumes a variable number of examples per batch, so each process packs its own
     # interleaved share of the stream.
@@ -159,8 +226,7 @@ def eval_batches(records: Records, tokenizer: Tokenizer, layout: Layout, *, glob
   for start in range(0, total, global_batch_size):
     first = start + process_index * batch_size
     indices = [i if i < total else -1 for i in range(first, first + batch_size)]
-    examples = [pad_example(encode.map(records[i]) if i >= 0 else layout.empty(), layout.lengths())
-                for i in indices]
+    examples = [pad_example(_eval_example(encode, records, i), layout.lengths()) for i in indices]
     batch = layout.features({k: np.stack([ex[k] for ex in examples]) for k in examples[0]})
     batch['example_index'] = np.asarray(indices, np.int32)
     yield batch

@@ -19,6 +19,8 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
 class Tokenizer(Protocol):
+  """Text <-> ids; `decode` stops at EOS and skips padding and ids past the vocabulary (model-only ids)."""
+
   vocab_size: int
 
   def encode(self, text: str) -> list[int]: ...
@@ -36,7 +38,7 @@ class ByteTokenizer:
     return [b + self._OFFSET for b in text.encode('utf-8')]
 
   def decode(self, ids: Iterable[int]) -> str:
-    data = bytes(int(i) - self._OFFSET for i in _until_eos(ids) if int(i) >= self._OFFSET)
+    data = bytes(i - self._OFFSET for i in _until_eos(ids) if self._OFFSET <= i < self.vocab_size)
     return data.decode('utf-8', errors='replace')
 
 
@@ -52,7 +54,7 @@ class SentencePieceTokenizer:
     return self._sp.encode(text)
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._sp.decode([int(i) for i in _until_eos(ids) if int(i) > EOS_ID])
+    return self._sp.decode([i for i in _until_eos(ids) if EOS_ID < i < self.vocab_size])
 
 
 def _until_eos(ids: Iterable[int]) -> list[int]:

@@ -50,8 +50,9 @@ def greedy_continue(model: nn.Module, params, batch: dict, prompt: Array) -> Arr
   prompt = prompt.astype(bool)
   inputs = jnp.where(prompt, batch['decoder_input_tokens'], 0)
   segments = jnp.ones_like(inputs)
-  features = {k: v for k, v in batch.items() if k in ('decoder_positions', 'decoder_causal_attention')}
-  features['decoder_positions'] = jnp.broadcast_to(jnp.arange(length), inputs.shape)
+  features = {'decoder_positions': jnp.broadcast_to(jnp.arange(length), inputs.shape)}
+  if 'decoder_causal_attention' in batch:  # prefix LM: bidirectional over the prompt
+    features['decoder_causal_attention'] = batch['decoder_causal_attention']
   next_is_prompt = jnp.concatenate([prompt[:, 1:], jnp.zeros_like(prompt[:, :1])], axis=1)
 
   def step(i, carry):

@@ -263,6 +263,8 @@ class Classify(Objective):
   def __init__(self, model: nn.Module, config: ml_collections.ConfigDict):
     super().__init__(model, config)
     self.classes = tuple(config.data.classes)
+    if config.data.pack:
+      raise ConfigError('classification reads one label per row: set data.pack=False')
     if len(self.classes) != config.model.num_classes:
       raise ConfigError(f'data.classes has {len(self.classes)} names but model.num_classes='
                         f'{config.model.num_classes}; make them agree')

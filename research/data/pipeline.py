@@ -17,10 +17,7 @@ import numpy as np
 from research.data.sources import Records
 from research.data.tokenizer import EOS_ID, Tokenizer
 
-# What the models read; segment ids are 0 on padding, positions restart in each packed segment.
-FEATURES = ('encoder_input_tokens', 'encoder_segment_ids', 'encoder_positions', 'decoder_input_tokens',
-            'decoder_target_tokens', 'decoder_segment_ids', 'decoder_positions', 'decoder_loss_weights')
-LAYOUTS = ('seq2seq', 'decoder', 'encoder')
+# Model features (see Layout.features): segment ids are 0 on padding, positions restart in each packed segment.
 
 
 @dataclasses.dataclass(frozen=True)

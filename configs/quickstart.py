@@ -105,5 +105,14 @@ def get_config() -> ml_collections.ConfigDict:
       ),
   ))
 
+  # Several processes (hosts): detected on SLURM and Cloud TPU pods; else give the coordinator here.
+  config.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address='',  # host:port of process 0
+      num_processes=1,
+      process_id=0,
+      cpu_devices_per_process=0,  # > 0: emulate this many CPU devices per process (tests, laptops)
+      initialization_timeout=300,
+  ))
+
   config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_examples=0, num_print=3))  # 0 = whole split
   return config

@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research import config as config_lib
+from research import mesh as mesh_lib
 from research import train
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs', 'quickstart.py')
@@ -28,6 +29,8 @@ def main(argv):
   if len(argv) > 1:
     raise config_lib.ConfigError(f'unexpected arguments {argv[1:]}; fields are set as --config.section.key=value')
   logging.set_verbosity(logging.WARNING)
+  if 'distributed' in _CONFIG.value:
+    mesh_lib.initialize_distributed(_CONFIG.value.distributed)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -6,6 +6,7 @@ finished writing, so an interrupted save is never listed as a step and never res
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -49,15 +50,29 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-  def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
-    """Restores the state onto the shardings of `abstract_state` (ShapeDtypeStructs), and the
-    data iterator in place; refuses a checkpoint whose tensors do not match by name and shape."""
+  def restore(self, step: int, abstract_state: Any, data_iterator=None, elastic: bool = False) -> Any:
+    """Restores the state onto the shardings of `abstract_state` (ShapeDtypeStructs, any mesh), and
+    the data iterator in place; refuses a checkpoint whose tensors do not match by name and shape.
+
+    `elastic`: the iterator state is the same in every process (it is the global step), so a
+    checkpoint written by another number of processes restores from any process's file.
+    """
     self.check_shapes(step, abstract_state)
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
-    # An imported checkpoint has no data position: its iterator starts at the beginning.
-    if data_iterator is not None and os.path.isdir(os.path.join(self.directory, str(step), 'data')):
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
+    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    data = os.path.join(self.directory, str(step), 'data')
+    if data_iterator is not None and os.path.isdir(data):  # an imported checkpoint has no data position
+      own = os.path.join(data, f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+      written = sorted(f for f in os.listdir(data) if f.startswith('process_'))
+      if os.path.exists(own):
+        path = own
+      elif elastic and written:
+        path = os.path.join(data, written[0])
+      else:
+        raise ConfigError(f'checkpoint {data} was written by another number of processes ({", ".join(written)}); '
+                          f'with data.pack=True the data position cannot move to {jax.process_count()} processes')
+      with open(path) as f:
+        data_iterator.set_state(json.load(f))
+    return state['state']
 
   def check_shapes(self, step: int, abstract_state: Any) -> None:
     saved = self.manager.item_metadata(step)['state']

@@ -21,7 +21,7 @@ import ml_collections
 # another experiment.
 RESUMABLE_PREFIXES = (
     'train.num_steps', 'train.log_every', 'train.eval_every', 'train.checkpoint_every',
-    'train.keep_checkpoints', 'eval.', 'mesh.', 'data.data_dir', 'data.num_workers',
+    'train.keep_checkpoints', 'eval.', 'mesh.', 'distributed.', 'data.data_dir', 'data.read_threads',
 )
 
 

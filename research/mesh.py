@@ -8,6 +8,9 @@ parameters and optimizer state along 'embed'; `tensor` shards heads, MLP and voc
 from __future__ import annotations
 
 import math
+import os
+import socket
+import time
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -71,3 +74,50 @@ def check_divisible(abstract_tree: Any, shardings: Any) -> None:
         raise ConfigError(f'{jax.tree_util.keystr(path)} has shape {leaf.shape}: dimension {dim} is not '
                           f'divisible by mesh axes {names} of size {count}; change config.mesh or the model size')
   jax.tree_util.tree_map_with_path(check, abstract_tree, shardings)
+
+
+def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
+  """Starts `jax.distributed` when this is one of several processes, before any device is touched.
+
+  Explicit (`distributed.coordinator_address` with `num_processes` and `process_id`: GPU or CPU
+  clusters, tests on localhost), or detected: a SLURM job step of several tasks, or a multi-host Cloud
+  TPU slice. A coordinator that cannot be reached fails after `initialization_timeout` seconds.
+  """
+  explicit = bool(dist.coordinator_address)
+  slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_PROCID' in os.environ
+  tpu_pod = ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  if not (explicit or slurm or tpu_pod):
+    return
+  if dist.cpu_devices_per_process:
+    jax.config.update('jax_num_cpu_devices', dist.cpu_devices_per_process)
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  kwargs = {}
+  if explicit:
+    if not 0 <= dist.process_id < dist.num_processes:
+      raise ConfigError(f'distributed.process_id={dist.process_id} must be in [0, distributed.num_processes='
+                        f'{dist.num_processes})')
+    if dist.process_id:  # jax aborts the process on an unreachable coordinator: check first, and say so
+      _wait_for(dist.coordinator_address, dist.initialization_timeout)
+    kwargs = dict(coordinator_address=dist.coordinator_address, num_processes=dist.num_processes,
+                  process_id=dist.process_id)
+  try:
+    jax.distributed.initialize(initialization_timeout=dist.initialization_timeout, **kwargs)
+  except Exception as e:  # jax raises several types here; all mean the processes could not meet
+    where = dist.coordinator_address or 'the coordinator found in the environment'
+    raise ConfigError(f'jax.distributed could not start with {where} within {dist.initialization_timeout} s '
+                      f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); check the address, the '
+                      'process count and that every process was started') from None
+
+
+def _wait_for(address: str, timeout: float) -> None:
+  host, _, port = address.rpartition(':')
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=1).close()
+      return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise ConfigError(f'jax.distributed could not reach the coordinator {address} within {timeout} s ({e}); '
+                          'check distributed.coordinator_address and that process 0 is running') from None
+      time.sleep(0.5)

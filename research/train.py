@@ -278,7 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       exp.train_records, exp.tokenizer, config.data, exp.objective.layout, global_batch_size=train_cfg.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   start = checkpointer.latest_step()
-  state = init_state(exp) if start is None else checkpointer.restore(start, exp.abstract_state, data_iterator)
+  state = init_state(exp) if start is None else checkpointer.restore(start, exp.abstract_state, data_iterator,
+                                                                      elastic=not config.data.pack)
   start = start or 0
   writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_chief)
   train_step, eval_step = make_train_step(exp), make_eval_step(exp)

@@ -25,6 +25,19 @@ def _command(config_file, workdir, *overrides):
           f'--workdir={workdir}', *overrides]
 
 
+def _run_two_processes(config_file, workdir) -> list[str]:
+  """experiments/train.py as 2 processes with 2 CPU devices each; returns their outputs once both succeed."""
+  port = _free_port()
+  processes = [subprocess.Popen(
+      _command(config_file, workdir, f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+               '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
+               '--config.distributed.cpu_devices_per_process=2'),
+      env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], '\n'.join(outputs)
+  return outputs
+
+
 def _env():
   env = {**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu'}
   env.pop('XLA_FLAGS', None)
@@ -43,14 +56,7 @@ def test_two_processes_match_one_process_on_four_devices(config, tmp_path):
       '  c.train.update(num_steps=8, eval_every=8, checkpoint_every=8)\n'
       '  return c\n')
   workdir = tmp_path / 'two_processes'
-  port = _free_port()
-  processes = [subprocess.Popen(
-      _command(config_file, workdir, f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-               '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
-               '--config.distributed.cpu_devices_per_process=2'),
-      env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in processes]
-  assert [p.returncode for p in processes] == [0, 0], '\n'.join(outputs)
+  outputs = _run_two_processes(config_file, workdir)
   assert '4 cpu device(s)' in outputs[0]
 
   final = train.train_and_evaluate(config, str(tmp_path / 'one_process'), devices=jax.devices()[:4])
@@ -127,14 +133,7 @@ def test_elastic_resume_on_fewer_devices_and_on_two_processes(data_dir, tmp_path
   config_file.write_text(
       'from tests.test_multiprocess import _elastic_config\n'
       f'def get_config():\n  return _elastic_config({data_dir!r})\n')
-  port = _free_port()
-  processes = [subprocess.Popen(
-      _command(config_file, on_processes, f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-               '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
-               '--config.distributed.cpu_devices_per_process=2'),
-      env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in processes]
-  assert [p.returncode for p in processes] == [0, 0], '\n'.join(outputs)
+  outputs = _run_two_processes(config_file, on_processes)
   assert 'resuming from step 6' in outputs[0]
   resumed = train_losses(on_processes)
   np.testing.assert_allclose([resumed[s] for s in range(1, 13)], [reference[s] for s in range(1, 13)], rtol=2e-5)

@@ -81,6 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict(dict(
       batch_size=64,
+      grad_accum_steps=1,  # > 1: the batch in this many sequential micro-batches (same update, less memory)
       num_steps=1500,
       log_every=50,
       eval_every=500,

@@ -1,7 +1,8 @@
 """Objectives: how examples are laid out, how a batch is scored, what evaluation reports.
 
 An objective wraps a model and exposes the pure functions the trainer needs:
-`loss_fn(params, batch, rng) -> (loss, metrics)` for training and `eval_fn(params, batch) ->
+`loss_fn(params, batch, rng) -> (loss, metrics)` for training (the loss is a mean over
+`metrics['loss_weight']` scored items, so micro-batches combine exactly) and `eval_fn(params, batch) ->
 (sums, predictions)` for evaluation, plus `layout` (for the data pipeline) and `summarize(sums)`.
 Adding an objective touches no training code.
 
@@ -111,7 +112,7 @@ class Objective:
     loss_sum, correct, weight = cross_entropy(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
                                               self.label_smoothing, self.z_loss)
     weight = jnp.maximum(weight, 1.0)
-    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': weight,
+    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': weight, 'loss_weight': weight,
                                'input_tokens': _count(batch, 'encoder_segment_ids')}
 
   def loss_fn(self, params, batch: dict, rng: Array) -> tuple[Array, dict]:
@@ -241,7 +242,7 @@ class MaskedLM(Objective):
     mask_rng, dropout_rng = jax.random.split(rng)
     _, (loss_sum, correct, weight) = self._scores(params, batch, mask_rng, dropout_rng)
     weight = jnp.maximum(weight, 1.0)
-    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': weight,
+    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': weight, 'loss_weight': weight,
                                'input_tokens': _count(batch, 'encoder_segment_ids')}
 
   def eval_fn(self, params, batch: dict) -> tuple[dict, Array]:
@@ -279,7 +280,7 @@ class Classify(Objective):
     real = (batch['encoder_segment_ids'][:, 0] > 0).astype(jnp.float32)
     loss_sum, correct, weight = cross_entropy(logits, batch['label'], real, self.label_smoothing, self.z_loss)
     weight = jnp.maximum(weight, 1.0)
-    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': jnp.zeros(()),
+    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': jnp.zeros(()), 'loss_weight': weight,
                                'input_tokens': _count(batch, 'encoder_segment_ids')}
 
   def eval_fn(self, params, batch: dict) -> tuple[dict, Array]:

@@ -105,6 +105,10 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
       raise config_lib.ConfigError(
           f'{key}={size} must be a positive multiple of the data-parallel size {dp} (mesh data x fsdp) and of '
           f'the {jax.process_count()} processes; change {key} or config.mesh')
+  if train.grad_accum_steps < 1 or train.batch_size % (train.grad_accum_steps * dp):
+    raise config_lib.ConfigError(
+        f'train.batch_size={train.batch_size} must be a multiple of train.grad_accum_steps={train.grad_accum_steps} '
+        f'x the data-parallel size {dp}')
   if config.model.position_embedding == 'learned':
     longest = max(data.max_input_length, data.max_target_length)
     if longest > config.model.max_length:
@@ -153,10 +157,33 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, dict], tuple[Train
   """The jitted step: gradients of `objective.loss_fn`, optimizer update; the old state is donated."""
   learning_rate = optim.schedule(exp.config.optimizer, exp.config.train.num_steps)
 
+  grad_fn = jax.value_and_grad(exp.objective.loss_fn, has_aux=True)
+  micro_batches = exp.config.train.grad_accum_steps
+
+  def accumulated(params, batch: dict, rng: jax.Array):
+    """Gradients of the whole batch from `micro_batches` sequential pieces, weighted by what each scores.
+
+    Piece i takes rows i, i + k, i + 2k, ... so that every device holds an equal share of each piece.
+    """
+    pieces = jax.tree.map(lambda x: x.reshape((-1, micro_batches) + x.shape[1:]).swapaxes(0, 1), batch)
+
+    def body(total, inputs):
+      index, piece = inputs
+      (loss, metrics), grads = grad_fn(params, piece, jax.random.fold_in(rng, index))
+      weight = metrics['loss_weight']
+      total = jax.tree.map(lambda t, g: t + weight * g, total, grads)
+      return total, {**metrics, 'loss': loss}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    total, per_piece = jax.lax.scan(body, zeros, (jnp.arange(micro_batches), pieces))
+    weight = jnp.sum(per_piece['loss_weight'])
+    share = per_piece['loss_weight'] / weight
+    metrics = {k: jnp.sum(v) if k.endswith(('tokens', 'weight')) else jnp.sum(v * share) for k, v in per_piece.items()}
+    return (metrics.pop('loss'), metrics), jax.tree.map(lambda g: g / weight, total)
+
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(exp.objective.loss_fn, has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, batch, rng)
+    gradients = grad_fn if micro_batches == 1 else accumulated
+    (loss, metrics), grads = gradients(state.params, batch, rng)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
@@ -301,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         elapsed = time.perf_counter() - tick
         tokens = sum(float(h['input_tokens']) + float(h['target_tokens']) for h in jax.device_get(history))
         summary.update(tokens_per_sec=tokens / elapsed, step_time=elapsed / len(history))
-        del summary['input_tokens'], summary['target_tokens']
+        del summary['input_tokens'], summary['target_tokens'], summary['loss_weight']
         writer.write(step, {f'train/{k}': v for k, v in summary.items()})
         progress.set_postfix(loss=f'{summary["loss"]:.3f}', acc=f'{summary["accuracy"]:.3f}',
                              tok_s=f'{summary["tokens_per_sec"]:,.0f}')

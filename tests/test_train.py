@@ -176,3 +176,29 @@ def test_checkpoint_of_another_shape_is_refused_by_tensor_name(reference_run, co
   config.model.mlp_dim = 32
   with pytest.raises(ConfigError, match=r"tensor params/decoder/layers_0/mlp/wi/kernel has shape \(32, 64\) but the model expects \(32, 32\)"):
     train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize('devices', [1, 8])
+def test_gradient_accumulation_gives_the_large_batch_update(config, devices):
+  """Without dropout, 4 micro-batches of 4 make the same update as one batch of 16 (also sharded)."""
+  config.model.dropout_rate = 0.0
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  if devices == 8:
+    config.train.batch_size = 32  # 4 micro-batches of 8, one row per device each
+  results = []
+  for accumulate in (1, 4):
+    config.train.grad_accum_steps = accumulate
+    exp = train.setup(config, jax.devices()[:devices])
+    state = train.init_state(exp)
+    from research.data import pipeline
+    batch = next(pipeline.train_iterator(exp.train_records, exp.tokenizer, config.data, exp.objective.layout,
+                                         global_batch_size=config.train.batch_size, seed=0))
+    state, metrics = train.make_train_step(exp)(state, train.to_global(exp, batch))
+    results.append((jax.device_get(state.params), jax.device_get(metrics)))
+  (big, big_metrics), (accumulated, accumulated_metrics) = results
+  for key in ('loss', 'accuracy', 'grad_norm', 'target_tokens'):
+    np.testing.assert_allclose(accumulated_metrics[key], big_metrics[key], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accumulated, big)
+  config.train.grad_accum_steps = 3
+  with pytest.raises(ConfigError, match='must be a multiple of train.grad_accum_steps=3'):
+    train.setup(config, jax.devices()[:devices])

@@ -302,8 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   is_chief = jax.process_index() == 0
   checkpointer = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=train_cfg.keep_checkpoints)
   data_iterator = pipeline.train_iterator(
-      exp.train_records, exp.tokenizer, config.data, exp.objective.layout, global_batch_size=train_cfg.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      exp.train_records, exp.tokenizer, config.data, exp.objective.layout, global_batch_size=train_cfg.batch_size,
+      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
   start = checkpointer.latest_step()
   state = init_state(exp) if start is None else checkpointer.restore(start, exp.abstract_state, data_iterator,
                                                                       elastic=not config.data.pack)
@@ -314,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
        f'mesh {dict(exp.mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} device(s), workdir {workdir}')
 
   history, eval_metrics = [], {}
-  tick, tokens = time.perf_counter(), 0
+  tick = time.perf_counter()
   progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, disable=not is_chief, dynamic_ncols=True,
                        desc='train')
   with _StopRequest() as stop:
@@ -324,9 +324,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       progress.update()
       last = step == train_cfg.num_steps
       if step % train_cfg.log_every == 0 or last or stop.requested:
-        summary = metrics_lib.mean_over_steps(jax.device_get(history))
+        history = jax.device_get(history)
+        summary = metrics_lib.mean_over_steps(history)
         elapsed = time.perf_counter() - tick
-        tokens = sum(float(h['input_tokens']) + float(h['target_tokens']) for h in jax.device_get(history))
+        tokens = sum(float(h['input_tokens']) + float(h['target_tokens']) for h in history)
         summary.update(tokens_per_sec=tokens / elapsed, step_time=elapsed / len(history))
         del summary['input_tokens'], summary['target_tokens'], summary['loss_weight']
         writer.write(step, {f'train/{k}': v for k, v in summary.items()})

@@ -32,7 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
       use_bias=False,
       vocab_multiple=128,  # the embedding table is padded to a multiple of this, for even sharding
       dtype='float32',  # compute dtype; 'bfloat16' on accelerators
-      param_dtype='float32',
+      param_dtype='float32',  # parameters and optimizer state
+      remat='none',  # 'full' or 'dots_saveable': recompute activations in the backward pass to save memory
+      scan_layers=False,  # True: compile one layer and scan it (compile time flat in depth)
   ))
 
   # The embedded task, prepared by TFDS on first use (no download) into data_dir ('' = TFDS default).
@@ -89,12 +91,15 @@ def get_config() -> ml_collections.ConfigDict:
       keep_checkpoints=2,
   ))
 
-  # One mesh (data, fsdp, tensor); -1 takes the remaining devices. Rules map logical axis names to
+  # One mesh (data, fsdp, tensor) within a slice; -1 takes the remaining devices. Rules map logical axis names to
   # mesh axes; the first rule whose mesh axes are still free wins.
   config.mesh = ml_collections.ConfigDict(dict(
       data=-1,
       fsdp=1,
       tensor=1,
+      # Multi-slice TPU (or several hosts): each axis is multiplied by its size across slices, which
+      # communicate over the slower data-centre network; data parallelism is the usual choice there.
+      dcn=dict(data=1, fsdp=1, tensor=1),
       rules=(
           ('batch', ('data', 'fsdp')),
           ('embed', 'fsdp'),
@@ -103,6 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
           ('vocab', 'tensor'),
           ('kv', None),
           ('length', None),
+          ('layers', None),  # the stacked-layer axis of scan_layers
       ),
   ))
 

@@ -38,6 +38,7 @@ def load_experiment(workdir: str, step: int | None = None) -> LoadedExperiment:
     config = config_lib.from_json(f.read())
   tokenizer = train.tokenizer_for_workdir(config, workdir)
   config.mesh.update(data=1, fsdp=1, tensor=1)
+  config.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
   config.train.batch_size = config.eval.batch_size = 1
   exp = train.setup(config, devices=jax.devices()[:1], tokenizer=tokenizer)
   checkpointer = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'))

@@ -17,11 +17,12 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 
 # Fields that may change when a run resumes in an existing workdir: how long to train, how often to
-# log/evaluate/save, how to lay out devices. Any other difference means the checkpoint belongs to
-# another experiment.
+# log/evaluate/save, how to lay out devices and memory, the compute precision. Any other difference
+# means the checkpoint belongs to another experiment.
 RESUMABLE_PREFIXES = (
     'train.num_steps', 'train.log_every', 'train.eval_every', 'train.checkpoint_every',
-    'train.keep_checkpoints', 'eval.', 'mesh.', 'distributed.', 'data.data_dir', 'data.read_threads',
+    'train.keep_checkpoints', 'train.grad_accum_steps', 'eval.', 'mesh.', 'distributed.', 'data.data_dir',
+    'data.read_threads', 'model.remat', 'model.dtype',
 )
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
+from research import models
 from research.config import ConfigError
 
 Params = dict
@@ -133,15 +134,16 @@ def _activation(name: str, field: str) -> str:
 
 def resolved(model: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
   """`config.model` with every field explicit (defaults filled in, head_dim and vocab_size resolved)."""
-  from research import models
   fixed = ml_collections.ConfigDict(model.to_dict())
   fixed.vocab_size = vocab_size
   values = dataclasses.asdict(models.ModelConfig.from_config(fixed, vocab_size))
   return ml_collections.ConfigDict({**values, 'family': model.family})
 
 
-# Fields a Hugging Face layout leaves free (or that only a family's unused parts read).
-_FREE = {'dropout_rate', 'attention_dropout_rate', 'vocab_multiple', 'max_length'}
+# Fields a Hugging Face layout leaves free (or that only a family's unused parts read); how the model runs
+# (precision, rematerialisation, scanned layers) is not part of the checkpoint.
+_FREE = {'dropout_rate', 'attention_dropout_rate', 'vocab_multiple', 'max_length', 'dtype', 'param_dtype', 'remat',
+         'scan_layers'}
 _UNUSED = {'decoder_only': {'num_encoder_layers', 'num_classes', 'pooling'},
            'encoder_only': {'num_decoder_layers'}, 'encoder_decoder': {'num_classes', 'pooling'}}
 
@@ -328,10 +330,12 @@ def params_from_hf(model: ml_collections.ConfigDict, tensors: dict[str, np.ndarr
   if extra:
     raise ConfigError(f'the checkpoint has tensors this model does not use: {", ".join(sorted(extra)[:5])}'
                       f'{" ..." if len(extra) > 5 else ""}; is config.json the one it was saved with?')
-  return params
+  return models.stack_layers(params) if model.get('scan_layers') else params
 
 
 def params_to_hf(model: ml_collections.ConfigDict, params: Params) -> dict[str, np.ndarray]:
+  if model.get('scan_layers'):
+    params = models.unstack_layers(params)
   tensors = {}
   for rule in rules(model):
     values = []

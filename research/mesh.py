@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research.config import ConfigError
@@ -29,21 +31,41 @@ def rules(mesh_config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh of shape (data, fsdp, tensor); one axis may be -1 to take the remaining devices."""
+  """A mesh of shape (data, fsdp, tensor): each axis is its size within a slice (`mesh.data`, ...; one may be
+  -1 for the remaining devices) times its size across slices (`mesh.dcn.data`, ...; 1 by default).
+
+  Slices (granules) are TPU slices in a multi-slice job, processes (hosts) in a multi-process job, or, on one
+  host, equal runs of consecutive devices (to emulate several slices). Devices within a granule are laid out
+  by the topology-aware `create_device_mesh`; the across-slice part of each axis is its outer, slow part.
+  """
   devices = list(jax.devices() if devices is None else devices)
-  sizes = [mesh_config[axis] for axis in AXES]
-  described = ' x '.join(f'{a}={s}' for a, s in zip(AXES, sizes))
-  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ConfigError(f'mesh {described}: sizes must be positive, with at most one -1 (= all remaining devices)')
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ConfigError(f'mesh {described}: {len(devices)} devices are not divisible by {known}')
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
-    raise ConfigError(f'mesh {described} needs {math.prod(sizes)} devices but {len(devices)} are available; '
-                      'change config.mesh (one axis may be -1)')
-  return jax.make_mesh(tuple(sizes), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES), devices=devices)
+  ici = [mesh_config[axis] for axis in AXES]
+  dcn = [mesh_config.get('dcn', {}).get(axis, 1) for axis in AXES]
+  described = ' x '.join(f'{a}={s}' for a, s in zip(AXES, ici)) + ''.join(
+      f' (dcn {a}={d})' for a, d in zip(AXES, dcn) if d != 1)
+  if ici.count(-1) > 1 or any(s == 0 or s < -1 for s in ici) or any(d < 1 for d in dcn):
+    raise ConfigError(f'mesh {described}: sizes must be positive, with at most one -1 (= all remaining devices) '
+                      'and none in mesh.dcn')
+  granule_count = math.prod(dcn)
+  if len(devices) % granule_count:
+    raise ConfigError(f'mesh {described}: {len(devices)} devices cannot form {granule_count} equal slices')
+  per_granule = len(devices) // granule_count
+  known = math.prod(s for s in ici if s != -1)
+  if -1 in ici:
+    if per_granule % known:
+      raise ConfigError(f'mesh {described}: {per_granule} devices per slice are not divisible by {known}')
+    ici[ici.index(-1)] = per_granule // known
+  if math.prod(ici) * granule_count != len(devices):
+    raise ConfigError(f'mesh {described} needs {math.prod(ici) * granule_count} devices but {len(devices)} are '
+                      'available; change config.mesh (one axis may be -1)')
+  devices.sort(key=lambda d: (getattr(d, 'slice_index', 0), d.process_index, d.id))
+  granules = [mesh_utils.create_device_mesh(ici, devices[i * per_granule:(i + 1) * per_granule],
+                                            allow_split_physical_axes=True) for i in range(granule_count)]
+  # [dcn..., ici...] -> interleave (dcn_0, ici_0, dcn_1, ici_1, ...) -> merge each pair into one axis.
+  grid = np.stack(granules).reshape(dcn + ici)
+  grid = grid.transpose([i for axis in range(len(AXES)) for i in (axis, axis + len(AXES))])
+  grid = grid.reshape([d * i for d, i in zip(dcn, ici)])
+  return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -62,6 +84,29 @@ def batch_sharding(mesh: Mesh, rule_set) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def layout_table(mesh: Mesh, abstract_params: Any, logical_axes: Any, shardings: Any) -> str:
+  """The mesh and, per parameter, its shape, logical axes, mesh axes and per-device shard (start-up log, workdir)."""
+  rows = [('parameter', 'shape', 'dtype', 'logical axes', 'mesh axes', 'per device')]
+  total = per_device = 0
+  for (path, leaf), names, sharding in zip(jax.tree_util.tree_leaves_with_path(abstract_params),
+                                           jax.tree.leaves(logical_axes, is_leaf=lambda x: isinstance(x, tuple)),
+                                           jax.tree.leaves(shardings)):
+    shard = sharding.shard_shape(leaf.shape)
+    total += leaf.size * leaf.dtype.itemsize
+    per_device += math.prod(shard) * leaf.dtype.itemsize
+    rows.append(('/'.join(str(getattr(k, 'key', k)) for k in path), str(tuple(leaf.shape)), str(leaf.dtype),
+                 str(tuple(names)), str(tuple(sharding.spec)), str(shard)))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  lines = ['  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+  header = (f'mesh {dict(mesh.shape)} over {mesh.size} {mesh.devices.flat[0].platform} device(s); parameters '
+            f'{_size(total)}, {_size(per_device)} per device (optimizer state is sharded like them)')
+  return '\n'.join([header, *lines])
+
+
+def _size(count: int) -> str:
+  return f'{count / 2**30:,.2f} GiB' if count >= 2**30 else f'{count / 2**20:,.2f} MiB'
 
 
 def check_divisible(abstract_tree: Any, shardings: Any) -> None:

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from research import layers
 from research.config import ConfigError, check_choice
@@ -16,6 +17,9 @@ Array = jax.Array
 FAMILIES = ('encoder_decoder', 'decoder_only', 'encoder_only')
 HEADS = ('lm', 'mlm', 'classifier')
 POSITIONS = ('learned', 'sinusoidal', 'relative', 'rotary', 'none')
+# What the backward pass may keep from the forward pass of a layer; the rest is recomputed.
+REMAT_POLICIES = {'none': None, 'full': jax.checkpoint_policies.nothing_saveable,
+                  'dots_saveable': jax.checkpoint_policies.dots_saveable}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +50,10 @@ class ModelConfig:
   head: str = 'lm'  # encoder_only: 'mlm' or 'classifier'
   num_classes: int = 2
   pooling: str = 'mean'  # classifier input: 'mean' over tokens or the 'first' token (BERT's [CLS])
-  dtype: str = 'float32'
+  dtype: str = 'float32'  # compute dtype; parameters (and so optimizer state) stay in param_dtype
   param_dtype: str = 'float32'
+  remat: str = 'none'  # recompute activations in the backward pass: 'none', 'full' (per layer), 'dots_saveable'
+  scan_layers: bool = False  # one scanned layer (compile time flat in depth); parameters stacked under 'layers'
 
   @classmethod
   def from_config(cls, model: ml_collections.ConfigDict, tokenizer_vocab_size: int) -> 'ModelConfig':
@@ -86,6 +92,7 @@ class ModelConfig:
       raise ConfigError(f'rotary positions need an even head_dim, got {self.head_dim}')
     check_choice(self.dtype, ('float32', 'bfloat16'), 'model.dtype')
     check_choice(self.param_dtype, ('float32', 'bfloat16'), 'model.param_dtype')
+    check_choice(self.remat, tuple(REMAT_POLICIES), 'model.remat')
     for name in ('d_model', 'num_heads', 'head_dim', 'mlp_dim', 'num_classes'):
       if getattr(self, name) <= 0:
         raise ConfigError(f'model.{name} must be positive, got {getattr(self, name)}')
@@ -132,6 +139,13 @@ class Block(nn.Module):
     return layers.constrain(x, 'batch', 'length', 'embed')
 
 
+class _ScanStep(Block):
+  """A Block as the body of `nn.scan`: (carry, no per-layer output)."""
+
+  def __call__(self, x: Array, *args) -> tuple[Array, None]:
+    return super().__call__(x, *args), None
+
+
 class Stack(nn.Module):
   """Embedded tokens -> hidden states: absolute positions (if any), the layers, the final norm.
 
@@ -159,9 +173,18 @@ class Stack(nn.Module):
     if c.position_embedding == 'relative':
       bias = layers.RelativePositionBias(c.num_heads, not self.causal, c.relative_buckets, c.relative_max_distance,
                                          **c.kwargs, name='relative_bias')(positions, positions)
-    for i in range(self.num_layers):
-      x = Block(c, self.cross_attention, name=f'layers_{i}')(x, mask, positions, deterministic, bias, encoded,
-                                                               cross_mask)
+    args = (mask, positions, deterministic, bias, encoded, cross_mask)
+    layer = _ScanStep if c.scan_layers else Block
+    if c.remat != 'none':  # `deterministic` (argument 4, counting self) is a Python bool
+      layer = nn.remat(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
+    if c.scan_layers:
+      layer = nn.scan(layer, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                      in_axes=(nn.broadcast,) * len(args), length=self.num_layers,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = layer(c, self.cross_attention, name='layers')(x, *args)
+    else:
+      for i in range(self.num_layers):
+        x = layer(c, self.cross_attention, name=f'layers_{i}')(x, *args)
     if c.norm_position == 'pre':
       x = layers.Norm(c.norm, c.norm_epsilon, **c.kwargs, name='final_norm')(x)
     return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
@@ -269,6 +292,30 @@ class EncoderOnly(nn.Module):
     logits = LmHead(c, name='lm_head')(h, token_embed)
     return logits + self.param('mlm_bias', layers.logical(nn.initializers.zeros, 'vocab'), (c.vocab_size,),
                                c.kwargs['param_dtype'])
+
+
+def stack_layers(params: dict) -> dict:
+  """Unscanned parameters (`layers_0`, `layers_1`, ...) -> scanned (`layers`, with a leading layer axis)."""
+  if not isinstance(params, dict):
+    return params
+  params = {k: stack_layers(v) for k, v in params.items()}
+  count = sum(1 for k in params if k.startswith('layers_'))
+  if count:
+    per_layer = [params.pop(f'layers_{i}') for i in range(count)]
+    params['layers'] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *per_layer)
+  return params
+
+
+def unstack_layers(params: dict) -> dict:
+  """Scanned parameters (`layers` with a leading layer axis) -> unscanned (`layers_0`, `layers_1`, ...)."""
+  if not isinstance(params, dict):
+    return params
+  params = {k: unstack_layers(v) for k, v in params.items()}
+  if 'layers' in params:
+    stacked = params.pop('layers')
+    for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+      params[f'layers_{i}'] = jax.tree.map(lambda x, i=i: np.asarray(x[i]), stacked)
+  return params
 
 
 MODELS = {'encoder_decoder': EncoderDecoder, 'decoder_only': DecoderOnly, 'encoder_only': EncoderOnly}

@@ -8,6 +8,7 @@ before any work), `make_train_step`/`make_eval_step` are jitted once with explic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -21,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from research import checkpoints, config as config_lib, mesh as mesh_lib, metrics as metrics_lib
@@ -30,6 +32,7 @@ from research.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Token
 
 CONFIG_FILE = 'config.json'
 VOCAB_FILE = 'vocab.model'
+LAYOUT_FILE = 'sharding.txt'
 
 
 @flax.struct.dataclass
@@ -53,6 +56,7 @@ class Experiment:
   rules: tuple
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
   state_shardings: TrainState
+  param_axes: Any  # each parameter's logical axis names
   batch_sharding: NamedSharding
   train_records: Any
   eval_records: Any
@@ -60,6 +64,12 @@ class Experiment:
   @property
   def param_count(self) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
+
+  @property
+  def layout(self) -> str:
+    """The mesh and each parameter's sharding, as a table."""
+    return mesh_lib.layout_table(self.mesh, self.abstract_state.params, self.param_axes,
+                                 self.state_shardings.params)
 
 
 def example_batch(layout: pipeline.Layout, batch_size: int) -> dict:
@@ -109,11 +119,6 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
     raise config_lib.ConfigError(
         f'train.batch_size={train.batch_size} must be a multiple of train.grad_accum_steps={train.grad_accum_steps} '
         f'x the data-parallel size {dp}')
-  if config.model.position_embedding == 'learned':
-    longest = max(data.max_input_length, data.max_target_length)
-    if longest > config.model.max_length:
-      raise config_lib.ConfigError(f'data sequence length {longest} exceeds model.max_length='
-                                   f'{config.model.max_length}; raise model.max_length or shorten the data')
   train_records = eval_records = None
   if tokenizer is None:
     train_records = sources.open_split(data, 'train')
@@ -121,12 +126,17 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
     tokenizer = sources.tokenizer_for(data, train_records)
   model = models.build(config.model, tokenizer.vocab_size + objectives.extra_tokens(config))
   objective = objectives.build(config, model, tokenizer.vocab_size)
+  longest = max(objective.layout.lengths().values())  # a decoder-only sequence holds input and target
+  if config.model.position_embedding == 'learned' and longest > config.model.max_length:
+    raise config_lib.ConfigError(f'data sequence length {longest} exceeds model.max_length={config.model.max_length}'
+                                 '; raise model.max_length or shorten data.max_input_length/max_target_length')
   optimizer = optim.make(config.optimizer, train.num_steps)
 
   batch = example_batch(objective.layout, dp)
   boxed = jax.eval_shape(objective.init, jax.random.PRNGKey(0), batch)
   param_shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
   abstract_params = nn.unbox(boxed)
+  param_axes = nn.get_partition_spec(boxed)
   mesh_lib.check_divisible(abstract_params, param_shardings)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   replicated = mesh_lib.replicated(mesh)
@@ -137,7 +147,8 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
                                 state_shardings)
   return Experiment(config, tokenizer, model, objective, optimizer, mesh, rules, abstract_state, state_shardings,
-                    mesh_lib.batch_sharding(mesh, rules), train_records, eval_records)
+                    param_axes, mesh_lib.batch_sharding(mesh, rules), train_records, eval_records)
+
 
 
 def init_state(exp: Experiment) -> TrainState:
@@ -206,6 +217,7 @@ def make_eval_step(exp: Experiment) -> Callable[[Any, dict], tuple[dict, jax.Arr
 
 
 def _under_mesh(exp: Experiment, fn: Callable) -> Callable:
+  @functools.wraps(fn)  # `__wrapped__` is the jitted function (to lower and compile it alone)
   def wrapped(*args):
     with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
       return fn(*args)
@@ -235,7 +247,7 @@ def evaluate(exp: Experiment, eval_step: Callable, params: Any) -> tuple[dict, l
 
 
 class _StopRequest:
-  """Turns the first SIGTERM/SIGINT into a request to save and stop at the next step boundary."""
+  """Turns the first SIGTERM/SIGINT into a request to save and stop at a step boundary."""
 
   def __init__(self):
     self.requested = False
@@ -252,6 +264,13 @@ class _StopRequest:
       signal.signal(signum, self._previous[signum])
       signal.raise_signal(signum)
     self.requested = True
+
+  def agreed(self, at_sync_point: bool) -> bool:
+    """Whether every process stops after this step: at once with one process; with several (a signal may
+    reach only some), when any was asked, decided together at logging steps so that all save the same step."""
+    if jax.process_count() == 1:
+      return self.requested
+    return at_sync_point and bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -310,8 +329,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   start = start or 0
   writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_chief)
   train_step, eval_step = make_train_step(exp), make_eval_step(exp)
-  _log(is_chief, f'{"resuming from step " + str(start) if start else "starting"}: {exp.param_count:,} parameters, '
-       f'mesh {dict(exp.mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} device(s), workdir {workdir}')
+  layout = exp.layout
+  if is_chief:
+    _write_atomic(os.path.join(workdir, LAYOUT_FILE), layout.encode())
+  _log(is_chief, f'{layout}\n{"resuming from step " + str(start) if start else "starting"}: {exp.param_count:,} '
+       f'parameters, {jax.process_count()} process(es), workdir {workdir}')
 
   history, eval_metrics = [], {}
   tick = time.perf_counter()
@@ -323,7 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       history.append(step_metrics)
       progress.update()
       last = step == train_cfg.num_steps
-      if step % train_cfg.log_every == 0 or last or stop.requested:
+      logging_step = step % train_cfg.log_every == 0 or last
+      stopping = stop.agreed(at_sync_point=logging_step)
+      if logging_step or stopping:
         history = jax.device_get(history)
         summary = metrics_lib.mean_over_steps(history)
         elapsed = time.perf_counter() - tick
@@ -340,9 +364,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         _log(is_chief, f'step {step} eval: ' + ', '.join(f'{k} {v:.4g}' for k, v in eval_metrics.items()) +
              ''.join(f'\n  {src!r} -> {pred!r} (target {tgt!r})' for src, tgt, pred in examples))
         tick = time.perf_counter()  # evaluation time is not training throughput
-      if step % train_cfg.checkpoint_every == 0 or last or stop.requested:
+      if step % train_cfg.checkpoint_every == 0 or last or stopping:
         checkpointer.save(step, state, data_iterator, force=True)
-      if stop.requested:
+      if stopping:
         _log(is_chief, f'stopped at step {step} on request; checkpoint saved, rerun the same command to resume')
         break
   progress.close()

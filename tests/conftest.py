@@ -5,6 +5,7 @@ import os
 # Before jax is imported anywhere: 8 CPU devices for the sharding tests (1-device runs use devices[:1]).
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import quickstart  # noqa: E402
@@ -21,6 +22,21 @@ def tiny_config(data_dir: str):
   config.optimizer.warmup_steps = 2
   config.eval.update(batch_size=32, num_examples=64, num_print=2)
   return config
+
+
+def random_batch(layout, size: int = 2, seed: int = 0, vocab: int = 40) -> dict:
+  """A batch of `layout`'s features with random tokens and every position real."""
+  from research import train
+  batch = train.example_batch(layout, size)
+  rng = np.random.default_rng(seed)
+  for key in batch:
+    if key.endswith('tokens'):
+      batch[key] = rng.integers(3, vocab, batch[key].shape).astype(np.int32)
+    elif key.endswith(('segment_ids', 'weights')):
+      batch[key] = np.ones_like(batch[key])
+    elif key.endswith('positions'):
+      batch[key] = np.broadcast_to(np.arange(batch[key].shape[1]), batch[key].shape).astype(np.int32)
+  return batch
 
 
 @pytest.fixture(scope='session')

@@ -1,14 +1,17 @@
 """Two processes on localhost (2 CPU devices each, gloo collectives) train like one process on 4 devices."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
+import pytest
 
-from research import checkpoints, train
+from research import checkpoints, metrics as metrics_lib, train
 from research.config import ConfigError
 from tests.conftest import REPO
 from tests.test_train import train_losses
@@ -25,14 +28,19 @@ def _command(config_file, workdir, *overrides):
           f'--workdir={workdir}', *overrides]
 
 
-def _run_two_processes(config_file, workdir) -> list[str]:
-  """experiments/train.py as 2 processes with 2 CPU devices each; returns their outputs once both succeed."""
+def _start_two_processes(config_file, workdir) -> list[subprocess.Popen]:
+  """experiments/train.py as 2 processes with 2 CPU devices each."""
   port = _free_port()
-  processes = [subprocess.Popen(
+  return [subprocess.Popen(
       _command(config_file, workdir, f'--config.distributed.coordinator_address=127.0.0.1:{port}',
                '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
                '--config.distributed.cpu_devices_per_process=2'),
       env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+def _run_two_processes(config_file, workdir) -> list[str]:
+  """Both processes' outputs, once both have succeeded."""
+  processes = _start_two_processes(config_file, workdir)
   outputs = [p.communicate(timeout=300)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], '\n'.join(outputs)
   return outputs
@@ -44,30 +52,48 @@ def _env():
   return env
 
 
-def test_two_processes_match_one_process_on_four_devices(config, tmp_path):
+def test_two_processes_match_one_process_and_stop_together(config, tmp_path):
+  """2 processes x 2 devices give the 1-process 4-device losses and evaluation; a SIGTERM that reaches
+  only process 1 stops both after the same step with one complete checkpoint, which resumes exactly
+  (here in one process on 4 devices)."""
+  steps = 60
   config.mesh.update(data=2, fsdp=2, tensor=1)
-  config.train.update(num_steps=8, eval_every=8, checkpoint_every=8)
+  config.train.update(num_steps=steps, eval_every=10, checkpoint_every=1000)
   config_file = tmp_path / 'config.py'
   config_file.write_text(
       'from tests.conftest import tiny_config\n'
       'def get_config():\n'
       f'  c = tiny_config({config.data.data_dir!r})\n'
       '  c.mesh.update(data=2, fsdp=2, tensor=1)\n'
-      '  c.train.update(num_steps=8, eval_every=8, checkpoint_every=8)\n'
+      f'  c.train.update(num_steps={steps}, eval_every=10, checkpoint_every=1000)\n'
       '  return c\n')
   workdir = tmp_path / 'two_processes'
-  outputs = _run_two_processes(config_file, workdir)
-  assert '4 cpu device(s)' in outputs[0]
+  processes = _start_two_processes(config_file, workdir)
+  deadline = time.time() + 240
+  while time.time() < deadline and processes[1].poll() is None:
+    if sum('train/loss' in r for r in metrics_lib.read_metrics(str(workdir))) >= 12:
+      processes[1].send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.01)
+  outputs = [p.communicate(timeout=120)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], '\n'.join(outputs)
+  stopped = checkpoints.Checkpointer(str(workdir / 'checkpoints')).latest_step()
+  assert stopped is not None and 12 <= stopped < steps, outputs[0]
+  assert f'stopped at step {stopped}' in outputs[0] and '4 cpu device(s)' in outputs[0]
+  # Each process saved its own data-iterator state.
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(workdir / 'checkpoints' / str(stopped) /
+                                                                          'data'))
+  evaluated = [r for r in metrics_lib.read_metrics(str(workdir)) if 'eval/loss' in r]
 
+  train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:4])
   final = train.train_and_evaluate(config, str(tmp_path / 'one_process'), devices=jax.devices()[:4])
   multi, single = train_losses(workdir), train_losses(tmp_path / 'one_process')
-  assert sorted(multi) == list(range(1, 9))
-  np.testing.assert_allclose([multi[s] for s in range(1, 9)], [single[s] for s in range(1, 9)], rtol=2e-5)
-  # Each process saved its own data-iterator state; the evaluation covered every example once.
-  data_dir = tmp_path / 'two_processes' / 'checkpoints' / '8' / 'data'
-  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(data_dir))
-  assert checkpoints.Checkpointer(str(workdir / 'checkpoints')).all_steps() == [8]
-  assert final['examples'] == 64
+  assert sorted(multi) == list(range(1, steps + 1))
+  np.testing.assert_allclose([multi[s] for s in multi], [single[s] for s in multi], rtol=2e-5)
+  single_evals = {r['step']: r for r in metrics_lib.read_metrics(str(tmp_path / 'one_process')) if 'eval/loss' in r}
+  assert evaluated and evaluated[0]['eval/examples'] == final['examples'] == 64
+  for record in evaluated:  # the evaluation sharded over 2 processes counts every example once
+    assert record['eval/loss'] == pytest.approx(single_evals[record['step']]['eval/loss'], rel=1e-5)
 
 
 def test_unreachable_coordinator_fails_fast_with_a_clear_message(tmp_path):

@@ -1,6 +1,7 @@
 """End-to-end training: loss falls, sharding does not change the numbers, resume is exact, loading works."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,10 +52,11 @@ def test_end_to_end_run_learns_and_fills_the_workdir(reference_run):
     assert key in first
 
 
-def test_eight_devices_give_the_one_device_losses(reference_run, config, tmp_path):
-  """data=2 x fsdp=2 x tensor=2 on 8 emulated devices reproduces the 1-device run (dropout included)."""
+def test_eight_devices_give_the_one_device_losses_and_restore_on_fewer(reference_run, config, tmp_path):
+  """fsdp=4 x tensor=2 on 8 emulated devices reproduces the 1-device run (dropout included), and its
+  checkpoint restores onto 2 devices (data=1 x fsdp=2) and onto 1 (load_experiment) bit-exactly."""
   assert jax.device_count() == 8
-  config.mesh.update(data=2, fsdp=2, tensor=2)
+  config.mesh.update(data=1, fsdp=4, tensor=2)
   train.train_and_evaluate(config, str(tmp_path))
   reference = train_losses(reference_run[0])
   sharded = train_losses(tmp_path)
@@ -63,6 +65,20 @@ def test_eight_devices_give_the_one_device_losses(reference_run, config, tmp_pat
   one = research.load_experiment(str(reference_run[0]))
   eight = research.load_experiment(str(tmp_path))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), one.params, eight.params)
+
+  config.mesh.update(data=1, fsdp=2, tensor=1)
+  two = train.setup(config, jax.devices()[:2])
+  checkpointer = checkpoints.Checkpointer(str(tmp_path / 'checkpoints'))
+  state = checkpointer.restore(checkpointer.latest_step(), two.abstract_state)
+  checkpointer.close()
+  kernel = state.params['encoder']['layers_0']['mlp']['wi']['kernel']
+  assert kernel.sharding.mesh.shape == {'data': 1, 'fsdp': 2, 'tensor': 1} and kernel.sharding.spec[0] == 'fsdp'
+  assert kernel.addressable_shards[0].data.shape == (16, 64)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), eight.params)
+  assert int(state.step) == 12
+  layout = (tmp_path / 'sharding.txt').read_text()
+  assert re.search(r"\nencoder/layers_0/mlp/wi/kernel +\(32, 64\) +float32 +\('embed', 'mlp'\) +\('fsdp', 'tensor'\) +"
+                   r"\(8, 32\)\n", layout), layout
 
 
 def test_crash_and_resume_gives_identical_losses(reference_run, config, tmp_path, monkeypatch):
@@ -160,6 +176,11 @@ def test_bad_setups_are_refused_before_training(config, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'a'))
   config.mesh.update(data=1, fsdp=1, tensor=8)  # 2 heads cannot be split 8 ways
   with pytest.raises(ConfigError, match=r"has shape .* is not divisible by mesh axes \('tensor',\) of size 8"):
+    train.train_and_evaluate(config, str(tmp_path / 'a'))
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  config.model.update(family='decoder_only', max_length=30)  # input 24 + target 10 tokens in one sequence
+  config.objective.name = 'causal_lm'
+  with pytest.raises(ConfigError, match='data sequence length 34 exceeds model.max_length=30'):
     train.train_and_evaluate(config, str(tmp_path / 'a'))
 
 

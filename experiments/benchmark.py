@@ -1,0 +1,327 @@
+r"""Benchmarks the train step: compile time, step time, tokens/s, MFU and memory, for model sizes x mesh layouts.
+
+  python experiments/benchmark.py --sizes=tiny,small --meshes='data=-1' --output=benchmark.json
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/benchmark.py --sizes=tiny \
+      --meshes='data=-1;fsdp=-1;fsdp=4,tensor=2;data=2,fsdp=2,tensor=2' --config.model.dtype=bfloat16
+
+Runs the project's own jitted train step (`train.make_train_step`) on random tokens, every position real, so
+no data set is opened. A size sets the model's dimensions; every other field (family, activation, dtype, remat,
+...) comes from the config and its --config.* overrides. Prints a table; --output also writes a JSON list of
+records. A layout that does not fit the devices is reported as skipped, with the reason. Timings move with the
+machine's load: compare numbers taken in one run.
+"""
+
+import copy
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import os
+import re
+import resource
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from research import config as config_lib
+from research import flops
+from research import mesh as mesh_lib
+from research import train
+from research.data import pipeline
+from research.data.tokenizer import EOS_ID, ByteTokenizer
+
+
+def _size(d_model: int, num_heads: int, mlp_dim: int, layers: int, vocab_size: int) -> dict:
+  """Model fields of one size; a family without an encoder (or decoder) ignores that layer count."""
+  return dict(d_model=d_model, num_heads=num_heads, head_dim=d_model // num_heads, mlp_dim=mlp_dim,
+              num_encoder_layers=layers, num_decoder_layers=layers, vocab_size=vocab_size)
+
+
+# tiny and small suit a CPU; base is BERT / GPT-2 / T5-base scale; large and xl are for accelerators (use fsdp).
+SIZES = {
+    'tiny': _size(128, 4, 512, 2, 384),
+    'small': _size(256, 4, 1024, 4, 384),
+    'base': _size(768, 12, 3072, 12, 32128),
+    'large': _size(1024, 16, 4096, 24, 32128),
+    'xl': _size(2048, 32, 8192, 24, 32128),
+}
+CONFIG_SIZE = 'config'  # the config's own model, unchanged
+CPU_MATMUL_SIZE, ACCELERATOR_MATMUL_SIZE = 2048, 8192  # square matmuls that reach the peak rate
+
+_DEFAULT_CONFIG = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs',
+                                                'quickstart.py'))
+if __name__ == '__main__':  # config_flags applies overrides while the flag is defined: check them first
+  config_lib.exit_on_config_error(config_lib.check_overrides)(sys.argv, default_file=_DEFAULT_CONFIG)
+_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Base config file (path[:arg]).',
+                                          lock_config=True)
+_SIZES = flags.DEFINE_string('sizes', 'tiny,small', f'Comma-separated sizes: {", ".join(SIZES)}, or '
+                             f'{CONFIG_SIZE} (the config\'s model as it is).')
+_MESHES = flags.DEFINE_string('meshes', 'data=-1', 'Mesh layouts separated by ";", each axis=size pairs separated '
+                              'by "," (axes data, fsdp, tensor; unnamed axes are 1; -1 = the remaining devices).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Global batch size (sequences per step).')
+_SEQ_LEN = flags.DEFINE_integer('seq_len', 128, 'Tokens per sequence in each stack (a decoder-only model\'s input '
+                                'and target are half each); 0 keeps the config\'s data lengths.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Also write the records to this JSON file.')
+
+NOTES = ('compile_s: lower + compile of the train step (explicit, before any step runs); step_ms: median (mean) '
+         'of the timed steps, each run to completion; tokens/s and MFU use the median; GFLOP/step: analytic model '
+         'FLOPs (research/flops.py); xla/model: XLA cost_analysis FLOPs summed over devices / model FLOPs (XLA '
+         'counts a loop body once: low with grad_accum_steps > 1 or scan_layers); memory: {memory}.')
+
+
+def parse_sizes(text: str) -> list[str]:
+  names = [name.strip() for name in text.split(',') if name.strip()]
+  valid = ', '.join((*SIZES, CONFIG_SIZE))
+  if not names:
+    raise config_lib.ConfigError(f'--sizes: no size given; valid sizes: {valid}')
+  for name in names:
+    if name not in SIZES and name != CONFIG_SIZE:
+      raise config_lib.ConfigError(f'--sizes: unknown size {name!r}; valid sizes: {valid}')
+  return names
+
+
+def parse_meshes(text: str) -> list[dict[str, int]]:
+  """'fsdp=4,tensor=2;data=-1' -> [{'fsdp': 4, 'tensor': 2}, {'data': -1}]."""
+  usage = (f'valid axes: {", ".join(mesh_lib.AXES)}, as axis=size pairs separated by ",", layouts separated by ";" '
+           '(e.g. --meshes="fsdp=4,tensor=2;data=-1")')
+  layouts = []
+  for layout in [part.strip() for part in text.split(';') if part.strip()]:
+    sizes = {}
+    for item in [item.strip() for item in layout.split(',')]:
+      axis, equals, value = item.partition('=')
+      problem = (f'{item!r} is not axis=size' if not equals or not re.fullmatch(r'-?\d+', value) else
+                 f'unknown mesh axis {axis!r}' if axis not in mesh_lib.AXES else
+                 f'mesh axis {axis!r} given twice' if axis in sizes else None)
+      if problem:
+        raise config_lib.ConfigError(f'--meshes: {problem} in {layout!r}; {usage}')
+      sizes[axis] = int(value)
+    layouts.append(sizes)
+  if not layouts:
+    raise config_lib.ConfigError(f'--meshes: no layout given; {usage}')
+  return layouts
+
+
+def describe_layout(layout: dict[str, int]) -> str:
+  return ','.join(f'{axis}={size}' for axis, size in layout.items())
+
+
+def case_config(base, size: str, layout: dict[str, int], batch_size: int, seq_len: int):
+  """The base config with the size's model fields, the mesh layout, the batch and the sequence lengths."""
+  config = copy.deepcopy(base)
+  with config.unlocked():  # a size may set model.vocab_size, which base configs may not have
+    if size != CONFIG_SIZE:
+      config.model.update(SIZES[size])
+    config.mesh.update({**{axis: 1 for axis in mesh_lib.AXES}, **layout})
+    config.train.batch_size = config.eval.batch_size = batch_size
+    if seq_len:
+      decoder_only = config.model.family == 'decoder_only'
+      config.data.max_input_length = seq_len // 2 if decoder_only else seq_len
+      config.data.max_target_length = seq_len - seq_len // 2 if decoder_only else seq_len
+      config.model.max_length = max(config.model.max_length, seq_len)  # room for learned positions
+  return config
+
+
+def synthetic_batch(layout: pipeline.Layout, batch_size: int, vocab_size: int, seed: int = 0) -> dict:
+  """Random token ids filling every position (all real), arranged by the data pipeline's own code."""
+  rng = np.random.default_rng(seed)
+  label = layout.classes[0] if layout.classes else ''
+  rows = []
+  for _ in range(batch_size):
+    inputs, targets = (rng.integers(EOS_ID + 1, vocab_size, length, dtype=np.int32)
+                       for length in (layout.max_input_length, layout.max_target_length))
+    rows.append(pipeline.pad_example(layout.arrange(inputs, targets, label), layout.lengths()))
+  batch = layout.features({key: np.stack([row[key] for row in rows]) for key in rows[0]})
+  batch['example_index'] = np.arange(batch_size, dtype=np.int32)
+  return batch
+
+
+def lower_train_step(exp: train.Experiment, batch: dict):
+  """The project's jitted train step, lowered for the experiment's state and `batch`, to compile it explicitly.
+
+  `make_train_step` returns the jitted function wrapped in the mesh and logical-axis-rule contexts its tracing
+  needs; those cannot be entered under another jit, so the jitted function is taken out of the wrapper.
+  """
+  jitted = train.make_train_step(exp).__wrapped__
+  with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
+    return jitted.lower(exp.abstract_state, batch)
+
+
+@functools.cache
+def measured_matmul_rate(dtype: str, size: int) -> float:
+  """Best FLOP/s of a jitted size x size matmul in `dtype` on the first device, over a few runs."""
+  operand = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.dtype(dtype)), jax.devices()[0])
+  matmul = jax.jit(jnp.matmul)
+  matmul(operand, operand).block_until_ready()
+  best = float('inf')
+  for _ in range(5):
+    start = time.perf_counter()
+    matmul(operand, operand).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best
+
+
+def peak_flops_per_second(devices: list, dtype: str) -> tuple[float, str]:
+  """Peak FLOP/s of the mesh's devices for matmuls in the model's compute dtype, and where the number comes from."""
+  kind, count = devices[0].device_kind, len(devices)
+  published = flops.published_peak(kind, dtype)
+  if published:
+    return published * count, f'published {kind} dense {dtype} peak x {count} devices'
+  if devices[0].platform == 'cpu':  # emulated CPU devices share the host's cores: the host's rate is the peak
+    size = CPU_MATMUL_SIZE
+    return measured_matmul_rate(dtype, size), f'measured {size}x{size} {dtype} matmul rate of the whole host CPU'
+  size = ACCELERATOR_MATMUL_SIZE
+  rate = measured_matmul_rate(dtype, size)
+  return rate * count, f'measured {size}x{size} {dtype} matmul rate of one {kind} x {count} devices'
+
+
+def memory_record(compiled, local_devices: list) -> dict:
+  """Peak memory per device: the runtime's high-water mark where the device reports one (GPU, TPU), else XLA's
+  estimate for the compiled step; and the process's peak resident memory (host). Only this process's devices
+  can be asked."""
+  analysis = compiled.memory_analysis()
+  estimate = analysis and (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                           - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
+  stats = [device.memory_stats() for device in local_devices]
+  rss_unit = 1 if sys.platform == 'darwin' else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
+  record = {'compiled_memory_bytes': estimate,
+            'host_max_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * rss_unit}
+  if all(s and 'peak_bytes_in_use' in s for s in stats):
+    return {**record, 'peak_memory_bytes': max(s['peak_bytes_in_use'] for s in stats),
+            'peak_memory_source': 'device peak_bytes_in_use, max over devices (high-water mark since the process '
+                                  'started)'}
+  return {**record, 'peak_memory_bytes': estimate,
+          'peak_memory_source': 'compiled memory_analysis per device: arguments + outputs - aliased + temporaries'}
+
+
+def benchmark(config, steps: int, warmup: int) -> dict:
+  """Compiles and times the train step for one config; the record's measurements (or why it was skipped)."""
+  try:
+    exp = train.setup(config, tokenizer=ByteTokenizer())
+  except config_lib.ConfigError as e:
+    return {'status': 'skipped', 'reason': str(e)}
+  local = synthetic_batch(exp.objective.layout, config.train.batch_size // jax.process_count(),
+                          exp.tokenizer.vocab_size)
+  batch = train.to_global(exp, local)
+  devices = list(exp.mesh.devices.flat)
+  lengths = {stack: local[f'{stack}_input_tokens'].shape[1] if f'{stack}_input_tokens' in local else 0
+             for stack in ('encoder', 'decoder')}
+  model_flops = flops.train_flops(exp.model.config, config.model.family, config.train.batch_size,
+                                  lengths['encoder'], lengths['decoder'])
+  tokens = jax.process_count() * sum(int(np.sum(local[key] > 0)) for key in (
+      'encoder_segment_ids', 'decoder_segment_ids') if key in local)
+  record = {'mesh': dict(exp.mesh.shape), 'model': dataclasses.asdict(exp.model.config),
+            'param_count': exp.param_count, 'sequence_lengths': lengths,
+            'tokens_per_step': tokens, 'model_flops_per_step': model_flops}
+  try:
+    start = time.perf_counter()
+    compiled = lower_train_step(exp, batch).compile()
+    compile_s = time.perf_counter() - start
+    state = train.init_state(exp)
+    times = []
+    for i in range(warmup + steps):
+      start = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready((state, metrics))
+      if i >= warmup:
+        times.append(time.perf_counter() - start)
+  except jax.errors.JaxRuntimeError as e:  # typically out of memory: record it and go on to the next case
+    return {**record, 'status': 'failed', 'reason': str(e).strip().splitlines()[0]}
+  step_s, loss = statistics.median(times), float(metrics['loss'])  # a non-finite loss is kept as text: strict JSON
+  peak, peak_source = peak_flops_per_second(devices, config.model.dtype)
+  xla_flops = (compiled.cost_analysis() or {}).get('flops')
+  return {**record, 'status': 'ok', 'compile_s': compile_s, 'step_s_median': step_s,
+          'step_s_mean': statistics.mean(times), 'tokens_per_s': tokens / step_s,
+          'model_flops_per_s': model_flops / step_s, 'peak_flops_per_s': peak, 'peak_flops_source': peak_source,
+          'mfu': model_flops / step_s / peak, 'xla_flops_per_step': xla_flops and xla_flops * len(devices),
+          'final_loss': loss if math.isfinite(loss) else str(loss), **memory_record(compiled, exp.mesh.local_devices)}
+
+
+def _bytes(n: float) -> str:
+  for unit in ('B', 'KiB', 'MiB', 'GiB'):
+    if n < 1024 or unit == 'GiB':
+      return f'{n:.1f} {unit}'
+    n /= 1024
+
+
+def _count(n: float) -> str:
+  for unit, scale in (('B', 1e9), ('M', 1e6), ('k', 1e3)):
+    if n >= scale:
+      return f'{n / scale:.3g}{unit}'
+  return f'{n:.3g}'
+
+
+def table(records: list[dict]) -> str:
+  """The records as aligned text, one row per case, then what the peak, the columns and the memory mean."""
+  header = ('size', 'mesh', 'params', 'compile_s', 'step_ms', '(mean)', 'tokens/s', 'GFLOP/step', 'xla/model',
+            'MFU', 'memory')
+  rows, notes = [], {}
+  for r in records:
+    if r['status'] != 'ok':
+      rows.append((r['size'], r['layout'], f'{r["status"]}: {r["reason"]}'))
+      continue
+    xla_ratio = f'{r["xla_flops_per_step"] / r["model_flops_per_step"]:.2f}' if r['xla_flops_per_step'] else '-'
+    rows.append((r['size'], r['layout'], _count(r['param_count']), f'{r["compile_s"]:.2f}',
+                 f'{1e3 * r["step_s_median"]:.1f}', f'({1e3 * r["step_s_mean"]:.1f})', _count(r['tokens_per_s']),
+                 f'{r["model_flops_per_step"] / 1e9:.3g}', xla_ratio, f'{100 * r["mfu"]:.2f}%',
+                 _bytes(r['peak_memory_bytes']) if r['peak_memory_bytes'] else '-'))
+    notes[f'peak {r["peak_flops_per_s"] / 1e9:,.1f} GFLOP/s: {r["peak_flops_source"]}'] = None
+    notes[NOTES.format(memory=r['peak_memory_source'])] = None
+  complete = [header] + [row for row in rows if len(row) == len(header)]  # a skipped row's reason runs on
+  widths = [max(len(row[i]) for row in (complete if i > 1 else (header, *rows))) for i in range(len(header))]
+  lines = ['  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
+  return '\n'.join(lines + list(notes))
+
+
+@config_lib.exit_on_config_error
+def main(argv):
+  if len(argv) > 1:
+    raise config_lib.ConfigError(f'unexpected arguments {argv[1:]}; fields are set as --config.section.key=value')
+  sizes, layouts = parse_sizes(_SIZES.value), parse_meshes(_MESHES.value)
+  for name, value, least in (('batch_size', _BATCH_SIZE.value, 1), ('steps', _STEPS.value, 1),
+                             ('warmup', _WARMUP.value, 0), ('seq_len', _SEQ_LEN.value, 0)):
+    if value < least:
+      raise config_lib.ConfigError(f'--{name}={value} must be at least {least}')
+  logging.set_verbosity(logging.WARNING)
+  base = _CONFIG.value
+  if 'distributed' in base:
+    mesh_lib.initialize_distributed(base.distributed)
+  device = jax.devices()[0]
+  run = {'device_kind': device.device_kind, 'platform': device.platform, 'device_count': jax.device_count(),
+         'process_count': jax.process_count(), 'jax_version': jax.__version__,
+         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+         'config_file': config_flags.get_config_filename(flags.FLAGS['config']),
+         'overrides': [arg for arg in sys.argv[1:] if arg.startswith('--config.')],
+         'batch_size': _BATCH_SIZE.value, 'seq_len': _SEQ_LEN.value, 'steps': _STEPS.value, 'warmup': _WARMUP.value}
+  is_chief = jax.process_index() == 0
+  records = []
+  for size in sizes:
+    for layout in layouts:
+      if is_chief:
+        print(f'benchmarking {size} on {describe_layout(layout)} ...', file=sys.stderr, flush=True)
+      config = case_config(base, size, layout, _BATCH_SIZE.value, _SEQ_LEN.value)
+      records.append({**run, 'size': size, 'layout': describe_layout(layout), 'family': config.model.family,
+                      'dtype': config.model.dtype, **benchmark(config, _STEPS.value, _WARMUP.value)})
+  if is_chief:
+    print(f'{run["device_count"]} {run["platform"]} device(s) ({run["device_kind"]}), jax {run["jax_version"]}; '
+          f'{" ".join([os.path.relpath(run["config_file"]), *run["overrides"]])}; batch {run["batch_size"]}, '
+          f'seq_len {run["seq_len"] or "from the config"}; {run["steps"]} timed steps after {run["warmup"]} warm-up')
+    print(table(records))
+    if _OUTPUT.value:
+      with open(_OUTPUT.value, 'w') as f:
+        json.dump(records, f, indent=2)
+  if any(r['status'] == 'failed' for r in records):
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
 
-from research import checkpoints, config as config_lib, metrics as metrics_lib, train
+from research import checkpoints, config as config_lib, files, metrics as metrics_lib, train
 from research.data.tokenizer import Tokenizer
 
 
@@ -31,17 +30,16 @@ class LoadedExperiment:
 
 def load_experiment(workdir: str, step: int | None = None) -> LoadedExperiment:
   """Config, model, parameters (on one device) and metrics history of `workdir` at `step` (default: latest)."""
-  config_path = os.path.join(workdir, train.CONFIG_FILE)
-  if not os.path.exists(config_path):
+  config_path = files.path(workdir) / train.CONFIG_FILE
+  if not config_path.exists():
     raise config_lib.ConfigError(f'{workdir} holds no {train.CONFIG_FILE}; is it a training workdir?')
-  with open(config_path) as f:
-    config = config_lib.from_json(f.read())
+  config = config_lib.from_json(config_path.read_text())
   tokenizer = train.tokenizer_for_workdir(config, workdir)
   config.mesh.update(data=1, fsdp=1, tensor=1)
   config.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
   config.train.batch_size = config.eval.batch_size = 1
   exp = train.setup(config, devices=jax.devices()[:1], tokenizer=tokenizer)
-  checkpointer = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  checkpointer = checkpoints.Checkpointer(files.path(workdir) / 'checkpoints')
   steps = checkpointer.all_steps()
   if not steps:
     raise config_lib.ConfigError(f'{workdir} holds no complete checkpoint yet')

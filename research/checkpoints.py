@@ -7,7 +7,6 @@ finished writing, so an interrupted save is never listed as a step and never res
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import grain
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from research import files
 from research.config import ConfigError
 
 
@@ -31,7 +31,7 @@ class Checkpointer:
   """Keeps the last `keep` steps of `directory`; saves are asynchronous (training continues)."""
 
   def __init__(self, directory: str, keep: int = 2, asynchronous: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.path(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous,
@@ -59,26 +59,25 @@ class Checkpointer:
     """
     self.check_shapes(step, abstract_state)
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    data = os.path.join(self.directory, str(step), 'data')
-    if data_iterator is not None and os.path.isdir(data):  # an imported checkpoint has no data position
-      own = os.path.join(data, f'process_{jax.process_index()}-of-{jax.process_count()}.json')
-      written = sorted(f for f in os.listdir(data) if f.startswith('process_'))
-      if os.path.exists(own):
+    data = self.directory / str(step) / 'data'
+    if data_iterator is not None and data.is_dir():  # an imported checkpoint has no data position
+      own = data / f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+      written = sorted(f.name for f in data.iterdir() if f.name.startswith('process_'))
+      if own.exists():
         path = own
       elif elastic and written:
-        path = os.path.join(data, written[0])
+        path = data / written[0]
       else:
         raise ConfigError(f'checkpoint {data} was written by another number of processes ({", ".join(written)}); '
                           f'with data.pack=True the data position cannot move to {jax.process_count()} processes')
-      with open(path) as f:
-        data_iterator.set_state(json.load(f))
+      data_iterator.set_state(json.loads(path.read_text()))
     return state['state']
 
   def check_shapes(self, step: int, abstract_state: Any) -> None:
     saved = self.manager.item_metadata(step)['state']
     saved_leaves = {path_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(saved)}
     wanted = {path_name(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
-    where = os.path.join(self.directory, str(step))
+    where = self.directory / str(step)
     for name, shape in wanted.items():
       if name not in saved_leaves:
         raise ConfigError(f'checkpoint {where} has no tensor {name}; it was written by a different model')

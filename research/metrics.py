@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping
 
 import numpy as np
 import tensorboardX
+
+from research import files
+
+METRICS_FILE = 'metrics.jsonl'
 
 
 def mean_over_steps(history: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
@@ -19,24 +22,30 @@ class MetricWriter:
 
   On resume from step `resume_step`, records after that step (written by the interrupted run and
   about to be recomputed) are dropped, so the history has each step once. Only process 0 writes.
+  Object stores (gs://) cannot append: there the whole file is rewritten at each write.
   """
 
   def __init__(self, workdir: str, resume_step: int | None, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = files.path(workdir) / METRICS_FILE
     if not enabled:
       return
-    kept = [r for r in read_metrics(workdir) if resume_step is not None and r['step'] <= resume_step]
-    with open(self.path + '.tmp', 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
-    os.replace(self.path + '.tmp', self.path)
-    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._lines = [json.dumps(r) + '\n' for r in read_metrics(workdir)
+                   if resume_step is not None and r['step'] <= resume_step]
+    files.write_atomic(self.path, ''.join(self._lines).encode())
+    self._append = not files.is_remote(self.path)
+    self._tensorboard = tensorboardX.SummaryWriter(str(files.path(workdir) / 'tensorboard'))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'step': step, **{k: float(v) for k, v in metrics.items()}}) + '\n')
+    line = json.dumps({'step': step, **{k: float(v) for k, v in metrics.items()}}) + '\n'
+    if self._append:
+      with self.path.open('a') as f:
+        f.write(line)
+    else:
+      self._lines.append(line)
+      files.write_atomic(self.path, ''.join(self._lines).encode())
     for key, value in metrics.items():
       self._tensorboard.add_scalar(key, float(value), step)
     self._tensorboard.flush()
@@ -48,11 +57,10 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict]:
   """All records of workdir/metrics.jsonl (empty if there is none)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  path = files.path(workdir) / METRICS_FILE
+  if not path.exists():
     return []
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
   records = []
   for i, line in enumerate(lines):
     try:

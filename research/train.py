@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -25,7 +24,7 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from research import checkpoints, config as config_lib, mesh as mesh_lib, metrics as metrics_lib
+from research import checkpoints, config as config_lib, files, mesh as mesh_lib, metrics as metrics_lib
 from research import models, objectives, optim
 from research.data import pipeline, sources
 from research.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer
@@ -279,37 +278,30 @@ class _StopRequest:
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses a workdir that holds another experiment (before any expensive work)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      config_lib.check_resumable(config_lib.from_json(f.read()), config, workdir)
+  saved = files.path(workdir) / CONFIG_FILE
+  if saved.exists():
+    config_lib.check_resumable(config_lib.from_json(saved.read_text()), config, workdir)
 
 
 def save_to_workdir(config: ml_collections.ConfigDict, tokenizer: Tokenizer, workdir: str) -> None:
   """The resolved config and the vocabulary, so the workdir alone is enough to load the model."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  _write_atomic(os.path.join(workdir, CONFIG_FILE), config_lib.to_json(config).encode())
+  directory = files.path(workdir)
+  directory.mkdir(parents=True, exist_ok=True)
+  files.write_atomic(directory / CONFIG_FILE, config_lib.to_json(config).encode())
   if isinstance(tokenizer, SentencePieceTokenizer):
-    _write_atomic(os.path.join(workdir, VOCAB_FILE), tokenizer.serialized)
+    files.write_atomic(directory / VOCAB_FILE, tokenizer.serialized)
 
 
 def tokenizer_for_workdir(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
   """The tokenizer a workdir was trained with: its vocab.model (or data.vocab_file), or bytes."""
   if config.data.tokenizer == 'bytes':
     return ByteTokenizer()
-  for path in (os.path.join(workdir, VOCAB_FILE), config.data.get('vocab_file')):
-    if path and os.path.exists(path):
-      with open(path, 'rb') as f:
-        return SentencePieceTokenizer(f.read())
+  for path in (files.path(workdir) / VOCAB_FILE, config.data.get('vocab_file')):
+    if path and files.path(path).exists():
+      return SentencePieceTokenizer(files.path(path).read_bytes())
   raise config_lib.ConfigError(f'{workdir} has no {VOCAB_FILE}; cannot rebuild its SentencePiece tokenizer')
-
-
-def _write_atomic(path: str, content: bytes) -> None:
-  with open(path + '.tmp', 'wb') as f:
-    f.write(content)
-  os.replace(path + '.tmp', path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -319,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   train_cfg = config.train
   save_to_workdir(config, exp.tokenizer, workdir)
   is_chief = jax.process_index() == 0
-  checkpointer = checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=train_cfg.keep_checkpoints)
+  checkpointer = checkpoints.Checkpointer(files.path(workdir) / 'checkpoints', keep=train_cfg.keep_checkpoints)
   data_iterator = pipeline.train_iterator(
       exp.train_records, exp.tokenizer, config.data, exp.objective.layout, global_batch_size=train_cfg.batch_size,
       seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
@@ -331,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   train_step, eval_step = make_train_step(exp), make_eval_step(exp)
   layout = exp.layout
   if is_chief:
-    _write_atomic(os.path.join(workdir, LAYOUT_FILE), layout.encode())
+    files.write_atomic(files.path(workdir) / LAYOUT_FILE, layout.encode())
   _log(is_chief, f'{layout}\n{"resuming from step " + str(start) if start else "starting"}: {exp.param_count:,} '
        f'parameters, {jax.process_count()} process(es), workdir {workdir}')
 

@@ -21,7 +21,7 @@ SSH = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']
 SETUP_STEPS = ('sudo apt-get -q -o DPkg::Lock::Timeout=600 update && '
                'sudo apt-get -q -o DPkg::Lock::Timeout=600 install -y python3.11 python3.11-venv && ')
 INSTALL_STEPS = ('python3.11 -m venv ~/venv && . ~/venv/bin/activate && cd ~/research && '
-                 "pip install -q --upgrade pip && pip install -q -r requirements.txt 'jax[tpu]==0.10.2' && "
+                 "pip install -q --upgrade pip && pip install -q -r requirements-gcs.txt 'jax[tpu]==0.10.2' && "
                  'pip install -q --no-deps -e .')
 STOP = ("pkill -f '[e]xperiments/train.py'; for _ in {1..300}; do pgrep -f '[e]xperiments/train.py' > /dev/null "
         '|| break; sleep 1; done; true')

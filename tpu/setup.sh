@@ -11,7 +11,7 @@ usage() {
 Usage: tpu/setup.sh --name NAME --zone ZONE (--repo-url URL | --source DIR) [options]
 
 On every worker: gets the code into ~/research, creates ~/venv with Python 3.11 (installed with apt;
-the TPU images ship 3.10) and installs requirements.txt, jax[tpu] and the package (editable).
+the TPU images ship 3.10) and installs requirements-gcs.txt (requirements.txt + gs:// support), jax[tpu] and the package (editable).
 Safe to rerun after a code change.
 
   --name NAME        TPU name                                                     required
@@ -57,6 +57,6 @@ if [[ -n $REPO_URL ]]; then
   steps+=("if [ -d ~/research/.git ]; then git -C ~/research pull --ff-only; else git clone $(quote "$REPO_URL") ~/research; fi")
 fi
 steps+=("python3.11 -m venv ~/venv" ". ~/venv/bin/activate" "cd ~/research" "pip install -q --upgrade pip"
-  "pip install -q -r requirements.txt 'jax[tpu]==$JAX_VERSION'" "pip install -q --no-deps -e .")
+  "pip install -q -r requirements-gcs.txt 'jax[tpu]==$JAX_VERSION'" "pip install -q --no-deps -e .")
 printf -v remote '%s && ' "${steps[@]}"
 ssh_all "${remote% && }"

@@ -41,3 +41,35 @@ tpu() {
   if [[ -n $PROJECT ]]; then set -- "$@" --project "$PROJECT"; fi
   run gcloud compute tpus "$@"
 }
+
+# parse_flags ARGS...: sets the variables of the flags every script takes (--name NAME, --zone ZONE,
+# --project PROJECT, --dry-run, -h/--help) and of the script's own, declared before the call as
+# `declare -A VALUE_FLAGS=([--flag]=VAR ...)` (the flag takes a value) and `SWITCH_FLAGS=(...)` (sets VAR=1).
+# `--flag=value` works too. If AFTER_DASHES names an array, `--` ends the flags and the rest goes into it.
+parse_flags() {
+  local -A values=([--name]=NAME [--zone]=ZONE [--project]=PROJECT) switches=([--dry-run]=DRY_RUN)
+  local flag given
+  for flag in ${VALUE_FLAGS[@]+"${!VALUE_FLAGS[@]}"}; do values[$flag]=${VALUE_FLAGS[$flag]}; done
+  for flag in ${SWITCH_FLAGS[@]+"${!SWITCH_FLAGS[@]}"}; do switches[$flag]=${SWITCH_FLAGS[$flag]}; done
+  while (($#)); do
+    if [[ $1 == -- && -n ${AFTER_DASHES:-} ]]; then
+      local -n rest=$AFTER_DASHES
+      rest=("${@:2}")
+      return
+    elif [[ $1 == --*=* ]]; then
+      set -- "${1%%=*}" "${1#*=}" "${@:2}"
+    elif [[ $1 == -h || $1 == --help ]]; then
+      usage
+      exit 0
+    elif [[ -v values[$1] ]]; then
+      given=$(value "$@")
+      printf -v "${values[$1]}" '%s' "$given"
+      shift 2
+    elif [[ -v switches[$1] ]]; then
+      printf -v "${switches[$1]}" 1
+      shift
+    else
+      die "unknown argument $1 (see --help${AFTER_DASHES:+; training arguments go after --})"
+    fi
+  done
+}

@@ -24,21 +24,8 @@ USAGE
 }
 
 NAME='' ZONE='' TYPE='' RUNTIME=tpu-ubuntu2204-base QUEUED=0 SPOT=0
-while (($#)); do
-  case $1 in
-    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
-    --name) NAME=$(value "$@"); shift 2 ;;
-    --zone) ZONE=$(value "$@"); shift 2 ;;
-    --type) TYPE=$(value "$@"); shift 2 ;;
-    --runtime) RUNTIME=$(value "$@"); shift 2 ;;
-    --project) PROJECT=$(value "$@"); shift 2 ;;
-    --queued) QUEUED=1; shift ;;
-    --spot) SPOT=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
-  esac
-done
+declare -A VALUE_FLAGS=([--type]=TYPE [--runtime]=RUNTIME) SWITCH_FLAGS=([--queued]=QUEUED [--spot]=SPOT)
+parse_flags "$@"
 require --name "$NAME"
 require --zone "$ZONE"
 require --type "$TYPE"

@@ -23,19 +23,8 @@ USAGE
 }
 
 NAME='' ZONE='' QUEUED=0 QUIET=0
-while (($#)); do
-  case $1 in
-    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
-    --name) NAME=$(value "$@"); shift 2 ;;
-    --zone) ZONE=$(value "$@"); shift 2 ;;
-    --queued) QUEUED=1; shift ;;
-    --quiet) QUIET=1; shift ;;
-    --project) PROJECT=$(value "$@"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
-  esac
-done
+declare -A SWITCH_FLAGS=([--queued]=QUEUED [--quiet]=QUIET)
+parse_flags "$@"
 require --name "$NAME"
 require --zone "$ZONE"
 

@@ -27,22 +27,10 @@ USAGE
 }
 
 NAME='' ZONE='' WORKDIR='' CONFIG=configs/quickstart.py TYPE='' ALLOW_LOCAL=0 EXTRA=()
-while (($#)); do
-  case $1 in
-    --) shift; EXTRA=("$@"); break ;;
-    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
-    --name) NAME=$(value "$@"); shift 2 ;;
-    --zone) ZONE=$(value "$@"); shift 2 ;;
-    --workdir) WORKDIR=$(value "$@"); shift 2 ;;
-    --config) CONFIG=$(value "$@"); shift 2 ;;
-    --type) TYPE=$(value "$@"); shift 2 ;;
-    --allow-local-workdir) ALLOW_LOCAL=1; shift ;;
-    --project) PROJECT=$(value "$@"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    *) die "unknown argument $1 (see --help; training arguments go after --)" ;;
-  esac
-done
+declare -A VALUE_FLAGS=([--workdir]=WORKDIR [--config]=CONFIG [--type]=TYPE)
+declare -A SWITCH_FLAGS=([--allow-local-workdir]=ALLOW_LOCAL)
+AFTER_DASHES=EXTRA
+parse_flags "$@"
 require --name "$NAME"
 require --zone "$ZONE"
 require --workdir "$WORKDIR"

@@ -21,18 +21,8 @@ USAGE
 }
 
 NAME='' ZONE='' WORKER=0
-while (($#)); do
-  case $1 in
-    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
-    --name) NAME=$(value "$@"); shift 2 ;;
-    --zone) ZONE=$(value "$@"); shift 2 ;;
-    --worker) WORKER=$(value "$@"); shift 2 ;;
-    --project) PROJECT=$(value "$@"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
-  esac
-done
+declare -A VALUE_FLAGS=([--worker]=WORKER)
+parse_flags "$@"
 require --name "$NAME"
 require --zone "$ZONE"
 [[ $WORKER =~ ^[0-9]+$ ]] || die "--worker must be a worker number (0, 1, ...), got $WORKER"

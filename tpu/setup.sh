@@ -26,19 +26,8 @@ USAGE
 }
 
 NAME='' ZONE='' REPO_URL='' SOURCE=''
-while (($#)); do
-  case $1 in
-    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
-    --name) NAME=$(value "$@"); shift 2 ;;
-    --zone) ZONE=$(value "$@"); shift 2 ;;
-    --repo-url) REPO_URL=$(value "$@"); shift 2 ;;
-    --source) SOURCE=$(value "$@"); shift 2 ;;
-    --project) PROJECT=$(value "$@"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
-  esac
-done
+declare -A VALUE_FLAGS=([--repo-url]=REPO_URL [--source]=SOURCE)
+parse_flags "$@"
 require --name "$NAME"
 require --zone "$ZONE"
 require '--repo-url or --source' "$REPO_URL$SOURCE"

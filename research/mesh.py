@@ -72,9 +72,9 @@ def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape['data'] * mesh.shape['fsdp']
 
 
-def logical_shardings(boxed_tree: Any, mesh: Mesh, rule_set) -> Any:
-  """NamedShardings for a tree of flax LogicallyPartitioned boxes (others are replicated)."""
-  return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rule_set)
+def logical_shardings(logical_axes: Any, mesh: Mesh, rule_set) -> Any:
+  """NamedShardings for a tree of logical axis names (`nn.get_partition_spec` of boxed parameters)."""
+  return nn.logical_to_mesh_sharding(logical_axes, mesh, rule_set)
 
 
 def batch_sharding(mesh: Mesh, rule_set) -> NamedSharding:

@@ -39,12 +39,11 @@ class MetricWriter:
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    line = json.dumps({'step': step, **{k: float(v) for k, v in metrics.items()}}) + '\n'
+    self._lines.append(json.dumps({'step': step, **{k: float(v) for k, v in metrics.items()}}) + '\n')
     if self._append:
       with self.path.open('a') as f:
-        f.write(line)
+        f.write(self._lines[-1])
     else:
-      self._lines.append(line)
       files.write_atomic(self.path, ''.join(self._lines).encode())
     for key, value in metrics.items():
       self._tensorboard.add_scalar(key, float(value), step)

@@ -133,9 +133,9 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
 
   batch = example_batch(objective.layout, dp)
   boxed = jax.eval_shape(objective.init, jax.random.PRNGKey(0), batch)
-  param_shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
-  abstract_params = nn.unbox(boxed)
   param_axes = nn.get_partition_spec(boxed)
+  param_shardings = mesh_lib.logical_shardings(param_axes, mesh, rules)
+  abstract_params = nn.unbox(boxed)
   mesh_lib.check_divisible(abstract_params, param_shardings)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   replicated = mesh_lib.replicated(mesh)

@@ -96,7 +96,7 @@ def layout_table(mesh: Mesh, abstract_params: Any, logical_axes: Any, shardings:
     shard = sharding.shard_shape(leaf.shape)
     total += leaf.size * leaf.dtype.itemsize
     per_device += math.prod(shard) * leaf.dtype.itemsize
-    rows.append(('/'.join(str(getattr(k, 'key', k)) for k in path), str(tuple(leaf.shape)), str(leaf.dtype),
+    rows.append((jax.tree_util.keystr(path, simple=True, separator='/'), str(tuple(leaf.shape)), str(leaf.dtype),
                  str(tuple(names)), str(tuple(sharding.spec)), str(shard)))
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   lines = ['  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

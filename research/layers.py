@@ -195,8 +195,11 @@ class MultiHeadAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array, deterministic: bool, bias: Array | None = None,
-               query_positions: Array | None = None, key_positions: Array | None = None) -> Array:
+  def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array, deterministic: bool,
+               bias: Array | None = None, query_positions: Array | None = None, key_positions: Array | None = None,
+               decode: bool = False) -> Array:
+    """With `decode`, keys and values are kept in the 'cache' collection (see `_cached`); `mask` then
+    spans the whole cache [batch, 1, new tokens, cache length]."""
     features = inputs_q.shape[-1]
     kv_heads = self.num_kv_heads or self.num_heads
     if self.num_heads % kv_heads:
@@ -204,10 +207,17 @@ class MultiHeadAttention(nn.Module):
     # Key/value heads shard like query heads only when there are as many of them.
     kv_name = 'heads' if kv_heads == self.num_heads else 'kv_heads'
     query = self._project('query', inputs_q, self.num_heads, 'heads')
-    key = self._project('key', inputs_kv, kv_heads, kv_name)
-    value = self._project('value', inputs_kv, kv_heads, kv_name)
     if self.use_rotary:
-      query, key = rotary(query, query_positions), rotary(key, key_positions)
+      query = rotary(query, query_positions)
+    if inputs_kv is None:  # cached cross-attention: the encoder's keys and values were stored at prefill
+      key, value = self.get_variable('cache', 'key'), self.get_variable('cache', 'value')
+    else:
+      key = self._project('key', inputs_kv, kv_heads, kv_name)
+      value = self._project('value', inputs_kv, kv_heads, kv_name)
+      if self.use_rotary:
+        key = rotary(key, key_positions)
+      if decode:
+        key, value = self._cached(key, value, key_positions if inputs_kv is inputs_q else None, kv_name)
     if self.scale_queries:
       query = query / np.sqrt(self.head_dim).astype(self.dtype)
     weights = attention_weights(query, key, mask, bias)
@@ -222,6 +232,32 @@ class MultiHeadAttention(nn.Module):
     if self.use_bias:
       out = out + self.param('out_bias', logical(nn.initializers.zeros, 'embed'), (features,), self.param_dtype)
     return out.astype(self.dtype)
+
+  def _cached(self, key: Array, value: Array, slots: Array | None, kv_name: str) -> tuple[Array, Array]:
+    """Incremental decoding: the keys and values every query of this call attends to.
+
+    Self-attention (`slots` = the new tokens' positions) writes the new keys and values at those
+    slots of a [batch, cache length, kv heads, head dim] cache and returns the whole cache; one new
+    token per row may go to a different slot in each row, several tokens go to the same slots in all
+    rows (prefill). Cross-attention (`slots` None) stores the projected encoder output once. The first
+    call (the cache does not exist yet) only creates the cache, sized by its inputs.
+    """
+    created = not self.has_variable('cache', 'key')
+    cached_key = self.variable('cache', 'key', jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable('cache', 'value', jnp.zeros, value.shape, value.dtype)
+    if created:
+      return key, value
+    if slots is not None:
+      if key.shape[1] == 1:
+        write = (jnp.arange(cached_key.value.shape[1])[None, :] == slots)[:, :, None, None]
+        key, value = jnp.where(write, key, cached_key.value), jnp.where(write, value, cached_value.value)
+      else:
+        start = (0, slots[0, 0], 0, 0)
+        key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
+        value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), start)
+    cached_key.value = constrain(key, 'batch', 'length', kv_name, 'kv')
+    cached_value.value = constrain(value, 'batch', 'length', kv_name, 'kv')
+    return cached_key.value, cached_value.value
 
   def _project(self, name: str, x: Array, heads: int, heads_name: str) -> Array:
     """x [batch, length, embed] -> [batch, length, heads, head_dim]."""

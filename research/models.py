@@ -116,7 +116,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, positions: Array, deterministic: bool, bias: Array | None = None,
-               encoded: Array | None = None, cross_mask: Array | None = None) -> Array:
+               encoded: Array | None = None, cross_mask: Array | None = None, decode: bool = False) -> Array:
     c = self.config
     attention = lambda name, rotary: layers.MultiHeadAttention(  # noqa: E731
         c.num_heads, c.head_dim, c.num_kv_heads, c.attention_dropout_rate, c.use_bias, rotary, c.scale_attention,
@@ -130,10 +130,10 @@ class Block(nn.Module):
 
     rotary = c.position_embedding == 'rotary'
     x = sublayer(x, 'self_attention', lambda h: attention('self_attention', rotary)(
-        h, h, mask, deterministic, bias, positions, positions))
+        h, h, mask, deterministic, bias, positions, positions, decode))
     if self.cross_attention:
       x = sublayer(x, 'cross_attention', lambda h: attention('cross_attention', False)(
-          h, encoded, cross_mask, deterministic))
+          h, encoded, cross_mask, deterministic, decode=decode))
     x = sublayer(x, 'mlp', lambda h: layers.Mlp(c.mlp_dim, c.activation, c.dropout_rate, c.use_bias, **c.kwargs,
                                                  name='mlp')(h, deterministic))
     return layers.constrain(x, 'batch', 'length', 'embed')
@@ -160,7 +160,8 @@ class Stack(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array, deterministic: bool, encoded: Array | None = None,
-               cross_mask: Array | None = None) -> Array:
+               cross_mask: Array | None = None, decode: bool = False) -> Array:
+    """With `decode`, `mask` spans the key/value cache: keys sit at their positions' slots."""
     c = self.config
     if c.position_embedding in ('learned', 'sinusoidal'):
       x = x + layers.PositionEmbedding(c.position_embedding, c.max_length, c.d_model, **c.kwargs,
@@ -171,14 +172,16 @@ class Stack(nn.Module):
     x = layers.constrain(x, 'batch', 'length', 'embed')
     bias = None
     if c.position_embedding == 'relative':
+      key_positions = jnp.broadcast_to(jnp.arange(mask.shape[-1]), (positions.shape[0], mask.shape[-1]))
       bias = layers.RelativePositionBias(c.num_heads, not self.causal, c.relative_buckets, c.relative_max_distance,
-                                         **c.kwargs, name='relative_bias')(positions, positions)
-    args = (mask, positions, deterministic, bias, encoded, cross_mask)
+                                         **c.kwargs, name='relative_bias')(
+                                             positions, key_positions if decode else positions)
+    args = (mask, positions, deterministic, bias, encoded, cross_mask, decode)
     layer = _ScanStep if c.scan_layers else Block
-    if c.remat != 'none':  # `deterministic` (argument 4, counting self) is a Python bool
-      layer = nn.remat(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
+    if c.remat != 'none':  # `deterministic` and `decode` (arguments 4 and 8, counting self) are Python bools
+      layer = nn.remat(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4, 8))
     if c.scan_layers:
-      layer = nn.scan(layer, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+      layer = nn.scan(layer, variable_axes={'params': 0, 'cache': 0}, split_rngs={'params': True, 'dropout': True},
                       in_axes=(nn.broadcast,) * len(args), length=self.num_layers,
                       metadata_params={nn.PARTITION_NAME: 'layers'})
       x, _ = layer(c, self.cross_attention, name='layers')(x, *args)
@@ -231,6 +234,14 @@ class EncoderDecoder(nn.Module):
     x = self.decoder(self.token_embed(tokens), positions, self_mask, deterministic, encoded, cross_mask)
     return self.lm_head(x, self.token_embed)
 
+  def decode_step(self, tokens: Array, positions: Array, cache_mask: Array, encoded: Array | None,
+                  encoder_segment_ids: Array) -> Array:
+    """Cached decoding (the 'cache' collection is mutable): logits [batch, new tokens, vocab] of `tokens` at
+    `positions`; `cache_mask` [batch, 1, new tokens, cache length]. `encoded` is given at prefill, None after."""
+    cross_mask = (encoder_segment_ids > 0)[:, None, None, :]
+    x = self.decoder(self.token_embed(tokens), positions, cache_mask, True, encoded, cross_mask, decode=True)
+    return self.lm_head(x, self.token_embed)
+
   def __call__(self, batch: dict, deterministic: bool = True) -> Array:
     encoded = self.encode(batch['encoder_input_tokens'], batch['encoder_segment_ids'],
                           batch['encoder_positions'], deterministic)
@@ -256,6 +267,12 @@ class DecoderOnly(nn.Module):
       order = layers.causal_mask(tokens.shape[1])
     mask = layers.segment_mask(segments, segments) & order
     x = self.decoder(self.token_embed(tokens), batch['decoder_positions'], mask, deterministic)
+    return self.lm_head(x, self.token_embed)
+
+  def decode_step(self, tokens: Array, positions: Array, cache_mask: Array) -> Array:
+    """Cached decoding (the 'cache' collection is mutable): logits [batch, new tokens, vocab] of `tokens` at
+    `positions`; `cache_mask` [batch, 1, new tokens, cache length]."""
+    x = self.decoder(self.token_embed(tokens), positions, cache_mask, True, decode=True)
     return self.lm_head(x, self.token_embed)
 
 

@@ -167,7 +167,12 @@ class Seq2Seq(Objective):
 
   def predict(self, params, batch: dict) -> Array:
     """Greedy decodes [batch, max_target_length], EOS-terminated and zero-padded."""
-    return decoding.greedy(self.model, params, batch, self.config.data.max_target_length)
+    size = batch['encoder_input_tokens'].shape[0]
+    prompts = decoding.Prompts(jnp.zeros((size, 1), jnp.int32), jnp.ones((size,), jnp.int32),
+                               jnp.zeros((size,), jnp.int32), batch['example_index'], batch['encoder_input_tokens'],
+                               batch['encoder_segment_ids'], batch['encoder_positions'])
+    options = decoding.Options(max_new_tokens=self.config.data.max_target_length)
+    return decoding.generate(self.model, options, params, prompts).tokens
 
   def eval_fn(self, params, batch: dict) -> tuple[dict, Array]:
     """Metric sums over the batch (so they add up across batches and devices), and the predictions."""
@@ -196,13 +201,29 @@ class LanguageModel(Objective):
     targets = batch['decoder_target_tokens']
     loss_sum, correct, weight = cross_entropy(logits, targets, batch['decoder_loss_weights'])
     prompt = batch['decoder_prompt']
-    predictions = decoding.greedy_continue(self.model, params, batch, prompt)
+    predictions = self.continue_prompts(params, batch)
     # Position i predicts token i + 1 of the decoder input: the model generates where that is no prompt.
     continuation = jnp.concatenate([prompt[:, 1:], jnp.zeros_like(prompt[:, :1])], axis=1) == 0
     real = (batch['example_index'] >= 0).astype(jnp.float32)
     exact = _exact(predictions, targets, continuation & (batch['decoder_segment_ids'] > 0))
     return {'loss': loss_sum, 'correct_tokens': correct, 'target_tokens': weight,
             'exact_match': jnp.sum(exact * real), 'examples': jnp.sum(real)}, predictions
+
+  def continue_prompts(self, params, batch: dict) -> Array:
+    """Greedy continuations of the prompts (the decoder inputs marked by `decoder_prompt`), aligned with the
+    decoder targets: position i holds the token generated after reading position i, 0 where none was."""
+    data = self.config.data
+    width = data.max_input_length + 1  # the start token, the input and its EOS
+    prompt = batch['decoder_prompt'][:, :width] > 0
+    lengths = jnp.maximum(jnp.sum(prompt, axis=1), 1)
+    prefix = lengths if 'decoder_causal_attention' in batch else jnp.zeros_like(lengths)
+    prompts = decoding.Prompts(jnp.where(prompt, batch['decoder_input_tokens'][:, :width], 0), lengths, prefix,
+                               batch['example_index'])
+    steps = data.max_target_length
+    generated = decoding.generate(self.model, decoding.Options(max_new_tokens=steps), params, prompts).tokens
+    offset = jnp.arange(batch['decoder_input_tokens'].shape[1])[None, :] - (lengths - 1)[:, None]
+    aligned = jnp.take_along_axis(generated, jnp.clip(offset, 0, steps - 1), axis=1)
+    return jnp.where((offset >= 0) & (offset < steps), aligned, 0)
 
   def describe(self, tokenizer: Tokenizer, prediction: np.ndarray) -> str:
     return tokenizer.decode([t for t in np.asarray(prediction) if t])

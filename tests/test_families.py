@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import config as config_lib, decoding, layers, models, objectives, train
+from research import config as config_lib, layers, models, objectives, train
 from research import metrics as metrics_lib
 from research.data import pipeline
 from research.data.tokenizer import EOS_ID
@@ -134,20 +134,25 @@ def test_every_variant_and_layout_gives_the_one_device_result(config, family, va
 
 
 def test_decoder_only_greedy_continuation_equals_step_by_step(config):
+  """The prefix-LM evaluation's continuations (cached decoding), aligned with the targets, against a reference
+  that re-runs the whole sequence for every new token."""
   model, params = _decoder_only(config, position_embedding='rotary')
+  config.objective.name = 'prefix_lm'
+  config.data.update(max_input_length=3, max_target_length=6)
+  objective = objectives.build(config, model, 40)
   prompt_tokens = [[0, 11, 12, 1], [0, 13, 1]]
-  length = 9
+  length, steps = 9, 6
   inputs = np.zeros((2, length), np.int32)
   prompt = np.zeros((2, length), np.int32)
   for row, tokens in enumerate(prompt_tokens):
     inputs[row, :len(tokens)] = tokens
     prompt[row, :len(tokens)] = 1
   batch = {'decoder_input_tokens': inputs, 'decoder_positions': np.tile(np.arange(length), (2, 1)),
-           'decoder_causal_attention': prompt}
-  got = np.asarray(decoding.greedy_continue(model, params, batch, jnp.asarray(prompt)))
+           'decoder_causal_attention': prompt, 'decoder_prompt': prompt, 'example_index': np.arange(2)}
+  got = np.asarray(jax.jit(objective.continue_prompts)(params, batch))
   for row, tokens in enumerate(prompt_tokens):
     sequence, want = list(tokens), np.zeros(length, np.int32)
-    while len(sequence) < length:
+    for _ in range(steps):
       n = len(sequence)
       logits = model.apply({'params': params}, {
           'decoder_input_tokens': np.array([sequence]), 'decoder_segment_ids': np.ones((1, n), np.int32),

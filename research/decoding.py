@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import mesh as mesh_lib
+from research import mesh as mesh_lib, quantize
 from research.config import ConfigError, check_choice
 from research.data.tokenizer import EOS_ID
 
@@ -187,7 +187,11 @@ class _Recompute:
 
 
 def generate(model: nn.Module, options: Options, params: Any, prompts: Prompts, rng: Array | None = None) -> Decoded:
-  """Decodes `options.max_new_tokens` tokens after each prompt (fewer if every row has ended)."""
+  """Decodes `options.max_new_tokens` tokens after each prompt (fewer if every row has ended).
+
+  `params` may be int8-quantized (`quantize.quantize`): the weights are dequantized inside the computation.
+  """
+  params = quantize.dequantize(params, jnp.dtype(model.config.dtype))
   if options.method == 'beam':
     prompts = jax.tree.map(lambda x: jnp.repeat(x, options.beam_size, axis=0), prompts)
   cache_length = prompts.tokens.shape[1] + options.max_new_tokens

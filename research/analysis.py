@@ -26,19 +26,26 @@ class LoadedExperiment:
   tokenizer: Tokenizer
   step: int
   objective: Any
+  experiment: train.Experiment  # the mesh, rules and parameter shardings the parameters were restored onto
 
 
-def load_experiment(workdir: str, step: int | None = None) -> LoadedExperiment:
-  """Config, model, parameters (on one device) and metrics history of `workdir` at `step` (default: latest)."""
+def load_experiment(workdir: str, step: int | None = None, mesh: dict[str, int] | None = None) -> LoadedExperiment:
+  """Config, model, parameters and metrics history of `workdir` at `step` (default: latest).
+
+  The parameters are restored onto one device, or sharded over a mesh of all devices with the axis sizes in
+  `mesh` (e.g. {'fsdp': 4, 'tensor': 2}; unnamed axes are 1, -1 takes the remaining devices).
+  """
   config_path = files.path(workdir) / train.CONFIG_FILE
   if not config_path.exists():
     raise config_lib.ConfigError(f'{workdir} holds no {train.CONFIG_FILE}; is it a training workdir?')
   config = config_lib.from_json(config_path.read_text())
   tokenizer = train.tokenizer_for_workdir(config, workdir)
-  config.mesh.update(data=1, fsdp=1, tensor=1)
+  config.mesh.update({'data': 1, 'fsdp': 1, 'tensor': 1, **(mesh or {})})
   config.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
-  config.train.batch_size = config.eval.batch_size = 1
-  exp = train.setup(config, devices=jax.devices()[:1], tokenizer=tokenizer)
+  # Batch sizes only need to fit the mesh here (a multiple of every data-parallel size).
+  config.train.batch_size = config.eval.batch_size = jax.device_count() if mesh else 1
+  config.train.grad_accum_steps = 1
+  exp = train.setup(config, devices=None if mesh else jax.devices()[:1], tokenizer=tokenizer)
   checkpointer = checkpoints.Checkpointer(files.path(workdir) / 'checkpoints')
   steps = checkpointer.all_steps()
   if not steps:
@@ -49,4 +56,4 @@ def load_experiment(workdir: str, step: int | None = None) -> LoadedExperiment:
   state = checkpointer.restore(step, exp.abstract_state)
   checkpointer.close()
   return LoadedExperiment(config, exp.model, state.params, metrics_lib.read_metrics(workdir), tokenizer, step,
-                          exp.objective)
+                          exp.objective, exp)

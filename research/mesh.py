@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import time
 from typing import Any, Sequence
@@ -68,6 +69,21 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Devi
   return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
+def parse_layout(text: str, flag: str = '--mesh') -> dict[str, int]:
+  """'fsdp=4,tensor=2' -> {'data': 1, 'fsdp': 4, 'tensor': 2}: the given axis sizes (one may be -1), 1 for the rest."""
+  usage = f'give axis=size pairs separated by "," with axes {", ".join(AXES)} (e.g. {flag}=fsdp=4,tensor=2)'
+  sizes = {}
+  for item in text.split(','):
+    axis, equals, value = (part.strip() for part in item.partition('='))
+    problem = (f'{item.strip()!r} is not axis=size' if not equals or not re.fullmatch(r'-?\d+', value) else
+               f'unknown mesh axis {axis!r}' if axis not in AXES else
+               f'mesh axis {axis!r} given twice' if axis in sizes else None)
+    if problem:
+      raise ConfigError(f'{flag}={text}: {problem}; {usage}')
+    sizes[axis] = int(value)
+  return {axis: sizes.get(axis, 1) for axis in AXES}
+
+
 def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape['data'] * mesh.shape['fsdp']
 
@@ -101,12 +117,14 @@ def layout_table(mesh: Mesh, abstract_params: Any, logical_axes: Any, shardings:
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   lines = ['  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
   header = (f'mesh {dict(mesh.shape)} over {mesh.size} {mesh.devices.flat[0].platform} device(s); parameters '
-            f'{_size(total)}, {_size(per_device)} per device (optimizer state is sharded like them)')
+            f'{format_bytes(total)}, {format_bytes(per_device)} per device (optimizer state is sharded like them)')
   return '\n'.join([header, *lines])
 
 
-def _size(count: int) -> str:
-  return f'{count / 2**30:,.2f} GiB' if count >= 2**30 else f'{count / 2**20:,.2f} MiB'
+def format_bytes(count: int) -> str:
+  if count >= 2**30:
+    return f'{count / 2**30:,.2f} GiB'
+  return f'{count / 2**20:,.2f} MiB' if count >= 2**20 else f'{count / 2**10:,.1f} KiB'
 
 
 def check_divisible(abstract_tree: Any, shardings: Any) -> None:

@@ -183,6 +183,16 @@ class _Recompute:
     return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), state)
 
 
+def prefill(model: nn.Module, options: Options, params: Any, prompts: Prompts) -> Array:
+  """The prefill alone: next-token logits [batch, vocab] after each prompt, as `generate` computes them before its
+  first token (`options.use_cache`: the pass that reads the prompt into the cache; else the first full forward
+  pass). `params` may be int8-quantized, as for `generate`. Each prompt is read once (beam search reads it once per
+  beam). Jit it; the benchmark's prefill latency is this function's."""
+  params = quantize.dequantize(params, jnp.dtype(model.config.dtype))
+  cache_length = prompts.tokens.shape[1] + options.max_new_tokens
+  return (_Cached if options.use_cache else _Recompute)(model, params, prompts, cache_length).start()[0]
+
+
 # ----------------------------------------------------------------------------- search
 
 

@@ -1,18 +1,22 @@
-"""Analytic model FLOPs against XLA's count and by hand; experiments/benchmark.py end to end and its flag errors."""
+"""Analytic model FLOPs against XLA's count and by hand; experiments/benchmark.py end to end (train and decode
+modes) and its flag errors; decoding.prefill, which the decode mode times, against the full forward pass."""
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from configs import decoder_quickstart, quickstart
-from research import flops, train
+from research import decoding, flops, quantize, train
 from research.data.tokenizer import ByteTokenizer
 from research.models import ModelConfig
+from tests import test_decoding
 from tests.conftest import REPO
 
 
@@ -89,8 +93,8 @@ def test_published_peaks_match_device_kinds():
   assert flops.published_peak('cpu', 'float32') is None
 
 
-def run_benchmark(*args):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+def run_benchmark(*args, devices: int = 8):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
   return subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'benchmark.py'), *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300)
 
@@ -117,13 +121,88 @@ def test_benchmark_runs_and_skips_layouts_that_do_not_fit(tmp_path):
   assert 'tiny  data=3' in result.stdout and 'skipped: mesh data=3' in result.stdout
 
 
-@pytest.mark.parametrize('flag, message', [
-    ('--sizes=tiny,huge', "error: --sizes: unknown size 'huge'; valid sizes: tiny, small, base, large, xl, config"),
-    ('--meshes=fsdp=4,tensr=2', "error: --meshes: unknown mesh axis 'tensr' in 'fsdp=4,tensr=2'; valid axes: data, "
-                                'fsdp, tensor'),
-], ids=['unknown size', 'malformed mesh'])
-def test_bad_flags_fail_in_one_line(flag, message):
-  result = run_benchmark(flag)
+@pytest.mark.parametrize('config, devices, mesh, weights', [
+    ('quickstart.py', 1, 'data=-1', ['float', 'int8']), ('decoder_quickstart.py', 2, 'fsdp=2', ['int8']),
+], ids=['encoder_decoder_on_1_device', 'decoder_only_on_2_devices'])
+def test_decode_benchmark_runs_each_weights_and_cache_setting(tmp_path, config, devices, mesh, weights):
+  """Every case compiles generate and prefill (seconds each): the sharded decoder-only run takes int8 weights only
+  (their scales' shardings are the new part there); float weights on a mesh are test_decoding's."""
+  output = tmp_path / 'decode.json'
+  result = run_benchmark('--mode=decode', f'--config={os.path.join(REPO, "configs", config)}', '--sizes=tiny',
+                         f'--meshes={mesh};data=3', '--batch_sizes=2', '--prompt_lens=8', '--new_tokens=4',
+                         f'--weights={",".join(weights)}', '--cache=on,off', '--steps=1', '--warmup=0',
+                         f'--output={output}', devices=devices)
+  assert result.returncode == 0, result.stderr
+  records = json.loads(output.read_text())
+  ran = {(r['weights'], r['cache']): r for r in records if r['status'] == 'ok'}
+  skipped = [r for r in records if r['status'] != 'ok']
+  assert list(ran) == [(w, c) for w in weights for c in ('on', 'off')]
+  decoder_only = config == 'decoder_quickstart.py'
+  for r in ran.values():
+    assert r['mode'] == 'decode' and r['device_count'] == devices and r['layout'] == mesh
+    assert r['family'] == ('decoder_only' if decoder_only else 'encoder_decoder') and r['model']['d_model'] == 128
+    assert (r['batch_size'], r['prompt_len'], r['new_tokens'], r['method']) == (2, 8, 4, 'greedy')
+    assert (r['prompt_width'], r['encoder_length']) == ((9, None) if decoder_only else (1, 8))  # + start token
+    for key in ('compile_s', 'prefill_compile_s', 'generate_s_median', 'generate_s_mean', 'prefill_s_median',
+                'prefill_s_mean', 'tokens_per_s', 'param_bytes', 'param_count', 'peak_memory_bytes',
+                'compiled_memory_bytes', 'host_max_rss_bytes'):
+      assert r[key] > 0, key
+    # The loop runs until every row has produced EOS, at most new_tokens; the first token comes from the prefill.
+    assert 1 <= r['tokens_per_row'] <= 4 and r['decode_steps'] == r['tokens_per_row'] - 1
+    assert r['tokens_per_row'] == 4 or r['rows_ended_with_eos'] == 2
+    assert r['tokens_per_row'] <= r['generated_tokens'] <= 2 * r['tokens_per_row']
+    assert r['tokens_per_s'] == pytest.approx(r['generated_tokens'] / r['generate_s_median'])
+    if r['tokens_per_row'] > 1:
+      assert r['token_s'] == pytest.approx((r['generate_s_median'] - r['prefill_s_median']) / r['decode_steps'])
+  if 'float' in weights:  # int8 values and float32 scales take about a quarter of the float32 weights
+    for cache in ('on', 'off'):
+      assert ran['int8', cache]['param_bytes'] < 0.4 * ran['float', cache]['param_bytes']
+      assert ran['int8', cache]['param_count'] == ran['float', cache]['param_count']
+  assert len(skipped) == len(ran) and all(r['layout'] == 'data=3' and r['status'] == 'skipped' for r in skipped)
+  assert 'needs 3 devices but' in skipped[0]['reason']
+  assert f'tiny  {mesh}' in result.stdout and 'tokens/row' in result.stdout
+  assert 'int8     off    skipped: mesh data=3' in result.stdout
+
+
+@pytest.mark.parametrize('base, cases', [
+    (quickstart, [('float', True), ('int8', False)]), (decoder_quickstart, [('int8', True), ('float', False)]),
+], ids=['encoder_decoder', 'decoder_only'])
+def test_prefill_logits_are_the_first_step_of_generate(base, cases):
+  """decoding.prefill on the benchmark's kind of model (train.setup's, with random parameters), float or int8
+  weights, cache on or off: the full forward pass's logits at each row's last prompt position (on the dequantized
+  weights), from which generate picks its first token. The decoder-only quickstart is a prefix LM. Each family
+  takes two of the four weights x cache cases (every compilation costs seconds)."""
+  config = base.get_config()
+  config.model.update(d_model=32, num_heads=2, head_dim=0, mlp_dim=64, num_encoder_layers=1, num_decoder_layers=1)
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  exp = train.setup(config, devices=jax.devices()[:1], tokenizer=ByteTokenizer())
+  rng = np.random.default_rng(0)  # drawn on the host: compiling the initialisers would take seconds
+  params = jax.tree.map(lambda x: rng.normal(0, 0.3, x.shape).astype(x.dtype), exp.abstract_state.params)
+  prompts, _ = test_decoding.random_prompts(config.model.family, [5, 2, 7], vocab=exp.tokenizer.vocab_size,
+                                            prefix_lm=config.objective.name == 'prefix_lm')
+  quantized = jax.jit(functools.partial(quantize.quantize, logical_axes=exp.param_axes))(params)
+  weights = {'float': params, 'int8': quantized}
+  for name, use_cache in cases:
+    reference = np.stack([test_decoding.full_logits(exp.model, jax.jit(quantize.dequantize)(weights[name]), prompts,
+                                                    row, [])[-1] for row in range(3)])
+    options = decoding.Options(max_new_tokens=3, use_cache=use_cache)
+    logits = jax.jit(functools.partial(decoding.prefill, exp.model, options))(weights[name], prompts)
+    assert logits.shape == reference.shape
+    np.testing.assert_allclose(logits, reference, atol=2e-4, rtol=2e-4)
+  first = test_decoding.generate(exp.model, options, weights[name], prompts).tokens[:, 0]
+  np.testing.assert_array_equal(first, np.argmax(reference, axis=1))
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--sizes=tiny,huge'], "error: --sizes: unknown size 'huge'; valid sizes: tiny, small, base, large, xl, config"),
+    (['--meshes=fsdp=4,tensr=2'], "error: --meshes: unknown mesh axis 'tensr' in 'fsdp=4,tensr=2'; valid axes: "
+                                  'data, fsdp, tensor'),
+    (['--mode=decode', f'--config={os.path.join(REPO, "configs", "classifier_quickstart.py")}'],
+     "error: --mode=decode: model.family='encoder_only' has no decoder to generate with"),
+    (['--batch_sizes=1,8'], 'error: --batch_sizes applies to --mode=decode only (this run is --mode=train)'),
+], ids=['unknown size', 'malformed mesh', 'decode without a decoder', 'decode flag in train mode'])
+def test_bad_flags_fail_in_one_line(flags, message):
+  result = run_benchmark(*flags)
   assert result.returncode == 2
   assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1
   assert 'Traceback' not in result.stderr

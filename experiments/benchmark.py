@@ -143,23 +143,13 @@ def parse_counts(flag: str, text: str) -> list[int]:
 
 
 def parse_meshes(text: str) -> list[dict[str, int]]:
-  """'fsdp=4,tensor=2;data=-1' -> [{'fsdp': 4, 'tensor': 2}, {'data': -1}]."""
-  usage = (f'valid axes: {", ".join(mesh_lib.AXES)}, as axis=size pairs separated by ",", layouts separated by ";" '
-           '(e.g. --meshes="fsdp=4,tensor=2;data=-1")')
+  """'fsdp=4,tensor=2;data=-1' -> [{'fsdp': 4, 'tensor': 2}, {'data': -1}] (axes of size 1 left out)."""
   layouts = []
   for layout in [part.strip() for part in text.split(';') if part.strip()]:
-    sizes = {}
-    for item in [item.strip() for item in layout.split(',')]:
-      axis, equals, value = item.partition('=')
-      problem = (f'{item!r} is not axis=size' if not equals or not re.fullmatch(r'-?\d+', value) else
-                 f'unknown mesh axis {axis!r}' if axis not in mesh_lib.AXES else
-                 f'mesh axis {axis!r} given twice' if axis in sizes else None)
-      if problem:
-        raise config_lib.ConfigError(f'--meshes: {problem} in {layout!r}; {usage}')
-      sizes[axis] = int(value)
-    layouts.append(sizes)
+    sizes = mesh_lib.parse_layout(layout, '--meshes')
+    layouts.append({axis: size for axis, size in sizes.items() if size != 1} or {'data': 1})
   if not layouts:
-    raise config_lib.ConfigError(f'--meshes: no layout given; {usage}')
+    raise config_lib.ConfigError('--meshes: no layout given; e.g. --meshes="fsdp=4,tensor=2;data=-1"')
   return layouts
 
 

@@ -40,20 +40,6 @@ _MESH = flags.DEFINE_string('mesh', '', 'Shard over all devices with these axis 
                             '(default: one device).')
 
 
-def parse_mesh(text: str) -> dict[str, int] | None:
-  """'fsdp=4,tensor=2' -> {'fsdp': 4, 'tensor': 2}; '' -> None (one device)."""
-  if not text:
-    return None
-  sizes = {}
-  for part in text.split(','):
-    axis, _, size = part.partition('=')
-    if axis.strip() not in mesh_lib.AXES or not size.strip().lstrip('-').isdigit():
-      raise config_lib.ConfigError(f'--mesh={text!r}: each part must be axis=size with an axis in '
-                                   f'{", ".join(mesh_lib.AXES)}, e.g. "fsdp=4,tensor=2"')
-    sizes[axis.strip()] = int(size)
-  return sizes
-
-
 @config_lib.exit_on_config_error
 def main(argv):
   if len(argv) > 1:
@@ -65,7 +51,7 @@ def main(argv):
   if _FROM_HF.value:
     workdir = tempfile.mkdtemp(prefix='imported_')
     convert.import_hf(_FROM_HF.value, workdir)
-  loaded = analysis.load_experiment(workdir, _STEP.value, mesh=parse_mesh(_MESH.value))
+  loaded = analysis.load_experiment(workdir, _STEP.value, mesh=mesh_lib.parse_layout(_MESH.value) if _MESH.value else None)
   options = decoding.Options(
       _METHOD.value, _MAX_NEW_TOKENS.value or loaded.config.data.max_target_length, _BEAM_SIZE.value,
       _LENGTH_PENALTY.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _USE_CACHE.value)

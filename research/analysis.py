@@ -35,10 +35,7 @@ def load_experiment(workdir: str, step: int | None = None, mesh: dict[str, int] 
   The parameters are restored onto one device, or sharded over a mesh of all devices with the axis sizes in
   `mesh` (e.g. {'fsdp': 4, 'tensor': 2}; unnamed axes are 1, -1 takes the remaining devices).
   """
-  config_path = files.path(workdir) / train.CONFIG_FILE
-  if not config_path.exists():
-    raise config_lib.ConfigError(f'{workdir} holds no {train.CONFIG_FILE}; is it a training workdir?')
-  config = config_lib.from_json(config_path.read_text())
+  config = train.saved_config(workdir)
   tokenizer = train.tokenizer_for_workdir(config, workdir)
   config.mesh.update({'data': 1, 'fsdp': 1, 'tensor': 1, **(mesh or {})})
   config.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))

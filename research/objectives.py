@@ -7,17 +7,18 @@ An objective wraps a model and exposes the pure functions the trainer needs:
 Adding an objective touches no training code.
 
 | objective  | family          | layout   | trained on                          | evaluation                         |
-| seq2seq    | encoder_decoder | seq2seq  | target given the input              | loss, token accuracy, exact match  |
-| span_corruption | encoder_decoder | seq2seq | T5: noise spans of the input text, each replaced by a sentinel | same |
-| causal_lm  | decoder_only    | decoder  | every token of input + target       | loss, accuracy, exact match of the continuation |
-| prefix_lm  | decoder_only    | decoder  | target; bidirectional over input    | loss, accuracy, exact match        |
+| seq2seq    | encoder_decoder | seq2seq  | target given the input              | loss, token accuracy, exact match, BLEU, chrF |
+| span_corruption | encoder_decoder | seq2seq | T5: noise spans of the input text, each replaced by a sentinel | loss, token accuracy, exact match |
+| causal_lm  | decoder_only    | decoder  | every token of input + target       | loss, accuracy, exact match of the continuation, BLEU, chrF |
+| prefix_lm  | decoder_only    | decoder  | target; bidirectional over input    | loss, accuracy, exact match, BLEU, chrF |
 | mlm        | encoder_only    | encoder  | 15% of tokens: 80% mask/10% random/10% kept | loss, accuracy of masked tokens |
 | classify   | encoder_only    | encoder  | the target text as a class label    | accuracy, precision, recall, macro-F1 |
+
+Objectives whose predictions are the target text (`generates_text`) are also scored with BLEU and chrF
+against the records' targets (`train.evaluate`, `metrics.generation_scores`).
 """
 
 from __future__ import annotations
-
-import math
 
 import flax.linen as nn
 import jax
@@ -30,6 +31,7 @@ from research.config import ConfigError, check_choice
 from research.data import pipeline
 from research.data.pipeline import Layout
 from research.data.tokenizer import EOS_ID, Tokenizer
+from research.metrics import classification_summary, token_summary
 
 Array = jax.Array
 FAMILY_OF = {'seq2seq': 'encoder_decoder', 'span_corruption': 'encoder_decoder', 'causal_lm': 'decoder_only', 'prefix_lm': 'decoder_only',
@@ -54,37 +56,10 @@ def cross_entropy(logits: Array, targets: Array, weights: Array, label_smoothing
   return jnp.sum(loss * weights), jnp.sum(correct * weights), jnp.sum(weights)
 
 
-def token_summary(sums) -> dict[str, float]:
-  tokens = max(float(sums['target_tokens']), 1.0)
-  loss = float(sums['loss']) / tokens
-  out = {'loss': loss, 'perplexity': math.exp(min(loss, 50.0)), 'accuracy': float(sums['correct_tokens']) / tokens}
-  if 'exact_match' in sums:
-    out['exact_match'] = float(sums['exact_match']) / max(float(sums['examples']), 1.0)
-  out['examples'] = float(sums['examples'])
-  return out
-
-
-def classification_summary(confusion: np.ndarray) -> dict[str, float]:
-  """Accuracy and macro-averaged precision, recall and F1 from a confusion matrix [true, predicted].
-
-  A class never predicted has precision 0; a class absent from the labels is left out of the averages.
-  """
-  confusion = np.asarray(confusion, np.float64)
-  true_positives = np.diag(confusion)
-  predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
-  present = actual > 0
-  precision = np.divide(true_positives, predicted, out=np.zeros_like(true_positives), where=predicted > 0)
-  recall = np.divide(true_positives, actual, out=np.zeros_like(true_positives), where=present)
-  denominator = precision + recall
-  f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positives), where=denominator > 0)
-  return {'accuracy': float(true_positives.sum() / max(confusion.sum(), 1.0)),
-          'precision': float(precision[present].mean()), 'recall': float(recall[present].mean()),
-          'f1': float(f1[present].mean()), 'examples': float(confusion.sum())}
-
-
 class Objective:
   """Shared plumbing: the model, label smoothing and z-loss, initialisation, the train-step loss."""
   layout_kind = ''
+  generates_text = False  # whether `describe(prediction)` is the target text (scored with BLEU and chrF)
 
   def __init__(self, model: nn.Module, config: ml_collections.ConfigDict):
     self.model = model
@@ -145,6 +120,11 @@ class Seq2Seq(Objective):
     self.first_sentinel = tokenizer_vocab_size
 
   @property
+  def generates_text(self) -> bool:
+    """Span corruption generates the hidden spans between sentinels, not the records' target text."""
+    return self.config.objective.name != 'span_corruption'
+
+  @property
   def layout(self) -> Layout:
     data, objective = self.config.data, self.config.objective
     if objective.name != 'span_corruption':
@@ -169,7 +149,8 @@ class Seq2Seq(Objective):
     """Greedy decodes [batch, max_target_length], EOS-terminated and zero-padded."""
     size = batch['encoder_input_tokens'].shape[0]
     prompts = decoding.Prompts(jnp.zeros((size, 1), jnp.int32), jnp.ones((size,), jnp.int32),
-                               jnp.zeros((size,), jnp.int32), batch['example_index'], batch['encoder_input_tokens'],
+                               jnp.zeros((size,), jnp.int32), batch.get('example_index', jnp.arange(size)),
+                               batch['encoder_input_tokens'],
                                batch['encoder_segment_ids'], batch['encoder_positions'])
     options = decoding.Options(max_new_tokens=self.config.data.max_target_length)
     return decoding.generate(self.model, options, params, prompts).tokens
@@ -189,6 +170,7 @@ class Seq2Seq(Objective):
 class LanguageModel(Objective):
   """Decoder-only LM on input + target; `prefix_lm` scores only the target and sees the input bidirectionally."""
   layout_kind = 'decoder'
+  generates_text = True
 
   @property
   def layout(self) -> Layout:
@@ -253,22 +235,24 @@ class MaskedLM(Objective):
     corrupted = jnp.where(selected & (r < 0.8), self.mask_id, jnp.where(selected & (r < 0.9), random_tokens, tokens))
     return {**batch, 'encoder_input_tokens': corrupted}, selected
 
-  def _scores(self, params, batch: dict, mask_rng: Array, dropout_rng: Array | None):
-    corrupted, selected = self.corrupt(mask_rng, batch)
+  def _scores(self, params, batch: dict, corrupted: dict, selected: Array, dropout_rng: Array | None):
     logits = self.logits(params, corrupted, dropout_rng)
     return logits, cross_entropy(logits, batch['encoder_input_tokens'], selected.astype(jnp.float32),
                                  self.label_smoothing, self.z_loss)
 
   def loss_fn(self, params, batch: dict, rng: Array) -> tuple[Array, dict]:
     mask_rng, dropout_rng = jax.random.split(rng)
-    _, (loss_sum, correct, weight) = self._scores(params, batch, mask_rng, dropout_rng)
+    _, (loss_sum, correct, weight) = self._scores(params, batch, *self.corrupt(mask_rng, batch), dropout_rng)
     weight = jnp.maximum(weight, 1.0)
     return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': weight, 'loss_weight': weight,
                                'input_tokens': _count(batch, 'encoder_segment_ids')}
 
   def eval_fn(self, params, batch: dict) -> tuple[dict, Array]:
-    # The same masks at every evaluation, so evaluations compare.
-    logits, (loss_sum, correct, weight) = self._scores(params, batch, jax.random.PRNGKey(0), None)
+    # Each example's masks come from its index alone: the same at every evaluation, whatever the batch size,
+    # the example's row or the mesh, so evaluations compare.
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.PRNGKey(0), batch['example_index'])
+    corrupted, selected = jax.vmap(self.corrupt)(keys, batch)
+    logits, (loss_sum, correct, weight) = self._scores(params, batch, corrupted, selected, None)
     real = (batch['example_index'] >= 0).astype(jnp.float32)
     predictions = jnp.where(batch['encoder_segment_ids'] > 0, jnp.argmax(logits, axis=-1), 0)
     return {'loss': loss_sum, 'correct_tokens': correct, 'target_tokens': weight,

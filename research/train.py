@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from research import checkpoints, config as config_lib, files, mesh as mesh_lib, metrics as metrics_lib
-from research import models, objectives, optim
+from research import models, objectives, optim, quantize
 from research.data import pipeline, sources
 from research.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer
 
@@ -205,13 +205,20 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, dict], tuple[Train
   return _under_mesh(exp, jitted)
 
 
-def make_eval_step(exp: Experiment) -> Callable[[Any, dict], tuple[dict, jax.Array, jax.Array]]:
-  """The jitted evaluation: metric sums, greedy predictions and example indices (replicated)."""
+def make_eval_step(exp: Experiment,
+                   param_shardings: Any = None) -> Callable[[Any, dict], tuple[dict, jax.Array, jax.Array]]:
+  """The jitted evaluation: metric sums, greedy predictions and example indices (replicated).
+
+  The parameters may be int8-quantized (`quantize.quantize`, with `param_shardings` from
+  `quantize.shardings`): they are dequantized to the compute dtype inside the computation.
+  """
   def step(params, batch):
+    params = quantize.dequantize(params, jnp.dtype(exp.model.config.dtype))
     sums, predictions = exp.objective.eval_fn(params, batch)
     return sums, predictions, batch['example_index']
   replicated = mesh_lib.replicated(exp.mesh)
-  jitted = jax.jit(step, in_shardings=(exp.state_shardings.params, exp.batch_sharding), out_shardings=replicated)
+  params_sharding = exp.state_shardings.params if param_shardings is None else param_shardings
+  jitted = jax.jit(step, in_shardings=(params_sharding, exp.batch_sharding), out_shardings=replicated)
   return _under_mesh(exp, jitted)
 
 
@@ -229,8 +236,12 @@ def to_global(exp: Experiment, local_batch: dict) -> dict:
 
 
 def evaluate(exp: Experiment, eval_step: Callable, params: Any) -> tuple[dict, list[tuple[str, str, str]]]:
-  """Metrics over `eval.num_examples` of the eval split, and (input, target, prediction) examples."""
-  sums, examples = {}, []
+  """Metrics over `eval.num_examples` of `exp.eval_records`, and (input, target, prediction) examples.
+
+  Objectives that generate the target text are also scored with corpus BLEU and chrF.
+  """
+  sums, examples, predicted, references = {}, [], [], []
+  generates_text = exp.objective.generates_text
   batches = pipeline.eval_batches(
       exp.eval_records, exp.tokenizer, exp.objective.layout, global_batch_size=exp.config.eval.batch_size,
       num_examples=exp.config.eval.num_examples, process_index=jax.process_index(),
@@ -239,10 +250,18 @@ def evaluate(exp: Experiment, eval_step: Callable, params: Any) -> tuple[dict, l
     batch_sums, predictions, indices = jax.device_get(eval_step(params, to_global(exp, batch)))
     sums = {k: sums.get(k, 0.0) + np.asarray(v, np.float64) for k, v in batch_sums.items()}
     for index, prediction in zip(indices, predictions):
-      if index >= 0 and len(examples) < exp.config.eval.num_print:
-        record = exp.eval_records[int(index)]
-        examples.append((record['input'], record['target'], exp.objective.describe(exp.tokenizer, prediction)))
-  return exp.objective.summarize(sums), examples
+      if index < 0 or not generates_text and len(examples) >= exp.config.eval.num_print:
+        continue  # padding, or nothing more to show
+      record, text = exp.eval_records[int(index)], exp.objective.describe(exp.tokenizer, prediction)
+      if generates_text:
+        predicted.append(text)
+        references.append(record['target'])
+      if len(examples) < exp.config.eval.num_print:
+        examples.append((record['input'], record['target'], text))
+  summary = exp.objective.summarize(sums)
+  if generates_text:
+    summary.update(metrics_lib.generation_scores(predicted, references))
+  return summary, examples
 
 
 class _StopRequest:
@@ -292,6 +311,14 @@ def save_to_workdir(config: ml_collections.ConfigDict, tokenizer: Tokenizer, wor
   files.write_atomic(directory / CONFIG_FILE, config_lib.to_json(config).encode())
   if isinstance(tokenizer, SentencePieceTokenizer):
     files.write_atomic(directory / VOCAB_FILE, tokenizer.serialized)
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a workdir was trained (or imported) with."""
+  path = files.path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise config_lib.ConfigError(f'{workdir} holds no {CONFIG_FILE}; is it a training workdir?')
+  return config_lib.from_json(path.read_text())
 
 
 def tokenizer_for_workdir(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:

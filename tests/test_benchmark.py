@@ -195,8 +195,8 @@ def test_prefill_logits_are_the_first_step_of_generate(base, cases):
 
 @pytest.mark.parametrize('flags, message', [
     (['--sizes=tiny,huge'], "error: --sizes: unknown size 'huge'; valid sizes: tiny, small, base, large, xl, config"),
-    (['--meshes=fsdp=4,tensr=2'], "error: --meshes: unknown mesh axis 'tensr' in 'fsdp=4,tensr=2'; valid axes: "
-                                  'data, fsdp, tensor'),
+    (['--meshes=fsdp=4,tensr=2'], "error: --meshes=fsdp=4,tensr=2: unknown mesh axis 'tensr'; give axis=size "
+                                  'pairs separated by "," with axes data, fsdp, tensor'),
     (['--mode=decode', f'--config={os.path.join(REPO, "configs", "classifier_quickstart.py")}'],
      "error: --mode=decode: model.family='encoder_only' has no decoder to generate with"),
     (['--batch_sizes=1,8'], 'error: --batch_sizes applies to --mode=decode only (this run is --mode=train)'),

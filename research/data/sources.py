@@ -30,6 +30,20 @@ def open_split(data: ml_collections.ConfigDict, split: str) -> Records:
   raise ConfigError(f"data.source={data.source!r} is not one of 'tfds', 'files'")
 
 
+def open_named_split(data: ml_collections.ConfigDict, name: str) -> Records:
+  """The examples of the split called `name`: any split of the TFDS dataset (or a slice, 'test[:500]'); for
+  files, `data.train_split` (read from data.train_files) or `data.eval_split` (data.eval_files)."""
+  check_choice(data.source, ('tfds', 'files'), 'data.source')
+  if data.source == 'tfds':
+    return _tfds_split(data, name)
+  keys = {data.train_split: 'train', data.eval_split: 'eval'}
+  if name not in keys:
+    configured = ', '.join(f'{split!r} (data.{key}_files={data[key + "_files"]!r})'
+                           for split, key in keys.items() if data[key + '_files'])
+    raise ConfigError(f"data.source='files' has no split {name!r}; it has {configured or 'none configured'}")
+  return _file_split(data[f'{keys[name]}_files'], data, keys[name])
+
+
 def tokenizer_for(data: ml_collections.ConfigDict, train: Records) -> tokenizer_lib.Tokenizer:
   """The tokenizer named by `data.tokenizer`; SentencePiece is trained once and cached next to the data."""
   if data.tokenizer == 'bytes':

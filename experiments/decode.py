@@ -17,7 +17,7 @@ import tempfile
 
 from absl import app, flags, logging
 
-from research import analysis, config as config_lib, convert, decoding, inference, mesh as mesh_lib
+from research import analysis, config as config_lib, convert, decoding, inference, mesh as mesh_lib, train
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to decode with.')
 _FROM_HF = flags.DEFINE_string('from_hf', None, 'Or: a Hugging Face checkpoint directory (imported on the fly).')
@@ -51,6 +51,7 @@ def main(argv):
   if _FROM_HF.value:
     workdir = tempfile.mkdtemp(prefix='imported_')
     convert.import_hf(_FROM_HF.value, workdir)
+  inference.check_decodable(train.saved_config(workdir))
   loaded = analysis.load_experiment(workdir, _STEP.value, mesh=mesh_lib.parse_layout(_MESH.value) if _MESH.value else None)
   options = decoding.Options(
       _METHOD.value, _MAX_NEW_TOKENS.value or loaded.config.data.max_target_length, _BEAM_SIZE.value,

@@ -60,16 +60,21 @@ def read_prompts(lines: Iterable[str | bytes]) -> list[Prompt]:
   return prompts
 
 
+def check_decodable(config) -> None:
+  """Refuses a model without a decoder (before its checkpoint is read)."""
+  if config.model.family not in ('decoder_only', 'encoder_decoder'):
+    raise ConfigError(f'decoding needs a decoder, but this checkpoint is an {config.model.family} model '
+                      f'(objective {config.objective.name}); evaluate it with experiments/evaluate.py')
+
+
 class TextDecoder:
   """Decodes text prompts with a loaded experiment's model on its mesh, optionally with int8 weights."""
 
   def __init__(self, loaded: LoadedExperiment, options: decoding.Options, batch_size: int = 16,
                int8: bool = False):
     config = loaded.config
+    check_decodable(config)
     self.family = config.model.family
-    if self.family not in ('decoder_only', 'encoder_decoder'):
-      raise ConfigError(f'decoding needs a decoder, but this checkpoint is an {self.family} model '
-                        f'(objective {config.objective.name}); evaluate it with experiments/evaluate.py')
     self.options = options.validate()
     self.loaded = loaded
     self.max_length = config.model.max_length

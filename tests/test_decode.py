@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from research import analysis, convert, decoding, inference, train
+from research import analysis, config as config_lib, convert, decoding, inference, train
 from research.config import ConfigError
 from research.data import pipeline
 from tests.conftest import REPO, tiny_config
@@ -109,17 +109,16 @@ def test_sharded_decoding_of_a_workdir_equals_one_device(prefix_lm_workdir):
   np.testing.assert_allclose([r['score'] for r in outputs[0]], [r['score'] for r in outputs[1]], atol=1e-4)
 
 
-def test_a_model_without_a_decoder_is_refused(data_dir, tmp_path):
-  config = tiny_config(data_dir)
+def test_a_model_without_a_decoder_is_refused_before_loading(seq2seq_workdir, tmp_path):
+  """An encoder-only workdir (here: only its config; the check comes before any checkpoint is read)."""
+  config = train.saved_config(seq2seq_workdir)
   config.model.update(family='encoder_only', head='mlm')
   config.objective.name = 'mlm'
-  workdir = _train(config, tmp_path)
-  with pytest.raises(ConfigError, match='needs a decoder.*encoder_only.*evaluate'):
-    inference.TextDecoder(analysis.load_experiment(workdir), decoding.Options())
-  result = subprocess.run([sys.executable, 'experiments/decode.py', f'--workdir={workdir}'],
+  (tmp_path / train.CONFIG_FILE).write_text(config_lib.to_json(config))
+  result = subprocess.run([sys.executable, 'experiments/decode.py', f'--workdir={tmp_path}'],
                           input='x\n', cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 2 and result.stderr.startswith('error: ') and 'Traceback' not in result.stderr
-  assert 'needs a decoder' in result.stderr
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+  assert result.stderr.startswith('error: decoding needs a decoder, but this checkpoint is an encoder_only model')
 
 
 def test_unknown_method_and_bad_options_are_refused(seq2seq_workdir):

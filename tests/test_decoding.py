@@ -32,8 +32,8 @@ def build(family: str, vocab: int = VOCAB, scale: float = 3.0, **fields):
                               num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0, max_length=64, **fields)
   model = models.MODELS[family](config)
   batch = {'decoder_input_tokens': np.zeros((1, 4), np.int32), 'decoder_segment_ids': np.ones((1, 4), np.int32),
-           'decoder_positions': np.arange(4)[None], 'encoder_input_tokens': np.zeros((1, 4), np.int32),
-           'encoder_segment_ids': np.ones((1, 4), np.int32), 'encoder_positions': np.arange(4)[None]}
+           'decoder_positions': np.arange(4, dtype=np.int32)[None], 'encoder_input_tokens': np.zeros((1, 4), np.int32),
+           'encoder_segment_ids': np.ones((1, 4), np.int32), 'encoder_positions': np.arange(4, dtype=np.int32)[None]}
   boxed = model.init({'params': jax.random.PRNGKey(1)}, batch)['params']
   # Larger weights than the initialisation make the distributions peaked, so decodes differ between rows.
   params = jax.tree.map(lambda x: x * scale, nn.unbox(boxed))

@@ -51,11 +51,13 @@ def main(argv):
   if _FROM_HF.value:
     workdir = tempfile.mkdtemp(prefix='imported_')
     convert.import_hf(_FROM_HF.value, workdir)
-  inference.check_decodable(train.saved_config(workdir))
-  loaded = analysis.load_experiment(workdir, _STEP.value, mesh=mesh_lib.parse_layout(_MESH.value) if _MESH.value else None)
+  config = train.saved_config(workdir)  # checked before the checkpoint is read
+  inference.check_decodable(config)
   options = decoding.Options(
-      _METHOD.value, _MAX_NEW_TOKENS.value or loaded.config.data.max_target_length, _BEAM_SIZE.value,
-      _LENGTH_PENALTY.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _USE_CACHE.value)
+      _METHOD.value, _MAX_NEW_TOKENS.value or config.data.max_target_length, _BEAM_SIZE.value,
+      _LENGTH_PENALTY.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _USE_CACHE.value).validate()
+  mesh = mesh_lib.parse_layout(_MESH.value) if _MESH.value else None
+  loaded = analysis.load_experiment(workdir, _STEP.value, mesh=mesh)
   decoder = inference.TextDecoder(loaded, options, _BATCH_SIZE.value, _INT8.value)
   print(f'{loaded.config.model.family} at step {loaded.step}; {options.method}, at most {options.max_new_tokens} new '
         f'tokens; parameters {mesh_lib.format_bytes(decoder.param_bytes)}'

@@ -188,9 +188,14 @@ def prefill(model: nn.Module, options: Options, params: Any, prompts: Prompts) -
   first token (`options.use_cache`: the pass that reads the prompt into the cache; else the first full forward
   pass). `params` may be int8-quantized, as for `generate`. Each prompt is read once (beam search reads it once per
   beam). Jit it; the benchmark's prefill latency is this function's."""
+  return _scorer(model, options, params, prompts).start()[0]
+
+
+def _scorer(model: nn.Module, options: Options, params: Any, prompts: Prompts):
+  """The next-token scorer `options` asks for, on dequantized weights, with room for the new tokens."""
   params = quantize.dequantize(params, jnp.dtype(model.config.dtype))
   cache_length = prompts.tokens.shape[1] + options.max_new_tokens
-  return (_Cached if options.use_cache else _Recompute)(model, params, prompts, cache_length).start()[0]
+  return (_Cached if options.use_cache else _Recompute)(model, params, prompts, cache_length)
 
 
 # ----------------------------------------------------------------------------- search
@@ -201,11 +206,9 @@ def generate(model: nn.Module, options: Options, params: Any, prompts: Prompts, 
 
   `params` may be int8-quantized (`quantize.quantize`): the weights are dequantized inside the computation.
   """
-  params = quantize.dequantize(params, jnp.dtype(model.config.dtype))
   if options.method == 'beam':
     prompts = jax.tree.map(lambda x: jnp.repeat(x, options.beam_size, axis=0), prompts)
-  cache_length = prompts.tokens.shape[1] + options.max_new_tokens
-  scorer = (_Cached if options.use_cache else _Recompute)(model, params, prompts, cache_length)
+  scorer = _scorer(model, options, params, prompts)
   if options.method == 'beam':
     return _beam_search(scorer, prompts, options)
   return _sample(scorer, prompts, options, jax.random.PRNGKey(0) if rng is None else rng)

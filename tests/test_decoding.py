@@ -1,5 +1,6 @@
 """Decoding against independent references: the full forward pass at every step, brute-force search, numpy."""
 
+import dataclasses
 import functools
 import itertools
 
@@ -131,18 +132,13 @@ def test_greedy_equals_recomputed_greedy(variant, seed, scale):
   prompts, _ = random_prompts(family, [3, 1, 4, 2, 5, 2], seed=seed, vocab=6)
   options = decoding.Options(max_new_tokens=8)
   cached = generate(model, options, params, prompts)
-  recomputed = generate(model, dataclasses_replace(options, use_cache=False), params, prompts)
+  recomputed = generate(model, dataclasses.replace(options, use_cache=False), params, prompts)
   reference = reference_greedy(model, params, prompts, 8)
   np.testing.assert_array_equal(cached.tokens, reference)
   np.testing.assert_array_equal(recomputed.tokens, reference)
   np.testing.assert_allclose(cached.scores, recomputed.scores, atol=1e-4)
   ended = [list(row).index(EOS_ID) if EOS_ID in row else None for row in reference]
   assert len(set(ended)) > 1, f'the rows should end at different steps, got {ended}'
-
-
-def dataclasses_replace(options, **changes):
-  import dataclasses
-  return dataclasses.replace(options, **changes)
 
 
 @pytest.mark.parametrize('variant', ['gpt', 't5'])

@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
       param_dtype='float32',  # parameters and optimizer state
       remat='none',  # 'full' or 'dots_saveable': recompute activations in the backward pass to save memory
       scan_layers=False,  # True: compile one layer and scan it (compile time flat in depth)
+      lora_rank=0,  # > 0: low-rank adapters (LoRA) of this rank on the lora_targets kernels; 0 = off
+      lora_alpha=16.0,  # the adapters' output is scaled by lora_alpha / lora_rank
+      lora_targets=('query', 'value'),  # of query, key, value, out (attention) and wi, wi_0, wi_1, wo (MLP)
   ))
 
   # The embedded task, prepared by TFDS on first use (no download) into data_dir ('' = TFDS default).
@@ -89,6 +92,20 @@ def get_config() -> ml_collections.ConfigDict:
       eval_every=500,
       checkpoint_every=500,
       keep_checkpoints=2,
+      # Regexes over parameter names such as 'encoder/layers_0/mlp/wi/kernel' (whole-name matches): a parameter
+      # trains iff it matches a `trainable` pattern and no `freeze` pattern; the others stay bit-identical.
+      trainable=('.*',),  # e.g. ('.*_lora_[ab]',) to train only LoRA adapters
+      freeze=(),  # e.g. ('token_embed/.*', 'encoder/.*')
+  ))
+
+  # Start a new run from another experiment's checkpoint (only when this run's workdir has none yet): a training
+  # workdir or one written by experiments/convert_checkpoint.py. The run uses that workdir's tokenizer.
+  config.init = ml_collections.ConfigDict(dict(
+      workdir='',  # '' = fresh initialisation
+      step=0,  # 0: its latest checkpoint
+      # Regexes over its parameter names to restore, e.g. ('encoder/.*',); () = all it has. Parameters it does not
+      # restore (a new classifier head, LoRA adapters) keep their fresh initialisation.
+      include=(),
   ))
 
   # One mesh (data, fsdp, tensor) within a slice; -1 takes the remaining devices. Rules map logical axis names to
@@ -119,6 +136,23 @@ def get_config() -> ml_collections.ConfigDict:
       process_id=0,
       cpu_devices_per_process=0,  # > 0: emulate this many CPU devices per process (tests, laptops)
       initialization_timeout=300,
+  ))
+
+  # Knowledge distillation: the loss mixes in a teacher checkpoint's softened predictions (token objectives).
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher_workdir='',  # '' = off; a training or imported workdir with the same tokenizer
+      teacher_step=0,  # 0: the teacher's latest checkpoint
+      temperature=2.0,  # both distributions are softened by this; the term is scaled by temperature**2
+      weight=0.5,  # loss = (1 - weight) * cross-entropy + weight * KL(teacher || student)
+  ))
+
+  # Magnitude pruning: the smallest weights of each matrix are zeroed and stay zero (Zhu & Gupta 2017 schedule).
+  config.prune = ml_collections.ConfigDict(dict(
+      sparsity=0.0,  # 0 = off; the final fraction of zeros in each pruned matrix
+      start_step=0,  # sparsity rises from 0 at start_step to `sparsity` at end_step (cubic), then stays
+      end_step=0,  # 0: at 3/4 of train.num_steps
+      every=10,  # steps between re-thresholding
+      targets=('query', 'key', 'value', 'out', 'wi', 'wi_0', 'wi_1', 'wo'),  # attention and MLP matrices
   ))
 
   config.eval = ml_collections.ConfigDict(dict(batch_size=256, num_examples=0, num_print=3))  # 0 = whole split

@@ -73,6 +73,20 @@ class Checkpointer:
       data_iterator.set_state(json.loads(path.read_text()))
     return state['state']
 
+  def param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """{'encoder/layers_0/mlp/wi/kernel': shape, ...} of the parameters saved at `step` (read from metadata)."""
+    saved = self.manager.item_metadata(step)['state']['params']
+    return {path_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(saved)}
+
+  def restore_params(self, step: int, abstract_params: dict) -> dict:
+    """Only the parameters named in `abstract_params` (nested dicts of ShapeDtypeStructs with shardings, any
+    subset of the saved ones), read onto those shardings; the optimizer state is not read at all."""
+    item = {'params': abstract_params}
+    args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                  partial_restore=True)
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+      return reader.restore(self.directory / str(step) / 'state', args=args)['params']
+
   def check_shapes(self, step: int, abstract_state: Any) -> None:
     saved = self.manager.item_metadata(step)['state']
     saved_leaves = {path_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(saved)}

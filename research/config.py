@@ -7,13 +7,15 @@ that says what to change; entry points print it and exit instead of showing a st
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 import json
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+from absl import flags
 import ml_collections
 
 # Fields that may change when a run resumes in an existing workdir: how long to train, how often to
@@ -128,9 +130,124 @@ def diff(a: ml_collections.ConfigDict | dict, b: ml_collections.ConfigDict | dic
           for k in sorted(set(fa) | set(fb)) if fa.get(k, missing) != fb.get(k, missing)]
 
 
+def flat_values(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+  """flatten(config) with the values as a saved config.json holds them (tuples as lists)."""
+  return _normalise(flatten(config))
+
+
 def _normalise(flat: dict[str, Any]) -> dict[str, Any]:
   # Tuples become lists in JSON; compare what a saved config would hold.
   return {k: json.loads(json.dumps(v, default=str)) for k, v in flat.items()}
+
+
+ABSENT = '<absent>'
+
+
+def diff_many(configs: Sequence[ml_collections.ConfigDict | dict]) -> list[tuple[str, list[Any]]]:
+  """[(key, [value in each config])] for every leaf that is not the same in all; missing leaves are ABSENT.
+
+  Values are compared as a saved config.json holds them (tuples as lists), so a config file and a
+  workdir's config.json compare equal when they describe the same run.
+  """
+  flats = [flat_values(c) for c in configs]
+  keys = sorted(set().union(*flats)) if flats else []
+  rows = [(k, [f.get(k, ABSENT) for f in flats]) for k in keys]
+  return [(k, values) for k, values in rows if any(v != values[0] for v in values[1:])]
+
+
+def format_value(value: Any) -> str:
+  """A leaf as it is written on the command line: strings bare, the rest as Python literals."""
+  if value is ABSENT or isinstance(value, str):
+    return value
+  if isinstance(value, list):  # a saved tuple
+    value = tuple(value)
+  return repr(value)
+
+
+def diff_table(labels: Sequence[str], rows: Sequence[tuple[str, Sequence[Any]]], markdown: bool = False) -> str:
+  """`diff_many`'s rows as a table: a column per config; keys that may change on resume marked with `*`."""
+  header = ['field', *labels]
+  body = [[key + (' *' if key.startswith(RESUMABLE_PREFIXES) else ''), *map(format_value, values)]
+          for key, values in rows]
+  if markdown:
+    lines = [header, ['---'] * len(header), *body]
+    return ''.join('| ' + ' | '.join(str(c).replace('|', '\\|') for c in line) + ' |\n' for line in lines)
+  if not body:
+    return ''
+  widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+  return ''.join('  '.join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() + '\n' for line in [header, *body])
+
+
+def load_any(spec: str) -> ml_collections.ConfigDict:
+  """A config from a config file (`path.py[:arg]`), a saved `config.json`, or a workdir (its config.json)."""
+  from research import files  # files imports etils; configs alone stay light
+  if spec.partition(':')[0].endswith('.py'):
+    return load_config_file(spec)
+  path = files.path(spec)
+  if path.is_dir():
+    path = path / 'config.json'
+    if not path.exists():
+      raise ConfigError(f'{spec} holds no config.json; is it a training workdir?')
+  elif not path.exists():
+    raise ConfigError(f'{spec} does not exist (give a config .py file, a config.json or a workdir)')
+  try:
+    return from_json(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ConfigError(f'{path} is not valid JSON ({e.msg} at line {e.lineno})') from None
+
+
+def parse_value(text: str, current: Any, key: str) -> Any:
+  """`text` from a command line as a value for the field `key` that now holds `current`, as
+  `--config.key=text` would parse it (by the field's type; literals for None or tuple fields)."""
+  parser = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser()}.get(type(current))
+  try:
+    if parser is not None:
+      return parser.parse(text)
+    if isinstance(current, str):
+      return text
+    if isinstance(current, (ml_collections.ConfigDict, dict)):
+      raise ConfigError(f'{key} is a section; set its fields ({key}.<field>=...)')
+    value = ast.literal_eval('True' if text == 'true' else 'False' if text == 'false' else text)
+    if isinstance(current, (tuple, list)) and not isinstance(value, (tuple, list)):
+      value = (value,)
+    return value
+  except (ValueError, SyntaxError) as e:
+    if current is None:
+      return text  # like config_flags: an unparsable literal is a string
+    raise ConfigError(f'{key}={text!r} is not a valid {type(current).__name__} ({e})') from None
+
+
+def split_assignment(assignment: str) -> tuple[str, str]:
+  """'section.key=value' -> ('section.key', 'value')."""
+  key, sep, value = assignment.partition('=')
+  if not sep or not key.strip():
+    raise ConfigError(f'{assignment!r} is not of the form section.key=value')
+  return key.strip(), value
+
+
+def override(config: ml_collections.ConfigDict, values: Mapping[str, Any],
+             what: str = 'config') -> ml_collections.ConfigDict:
+  """A copy of `config` with the dotted keys of `values` set, checked as the command line checks them:
+  an unknown key names the nearest valid keys; a string is parsed by the field's type; a value of
+  another type (an int for a string field, a float for an int field) is refused."""
+  config = config.copy_and_resolve_references()
+  valid = all_keys(config)
+  for key, value in values.items():
+    parent, _, leaf = key.rpartition('.')
+    if key not in valid:
+      raise ConfigError(f'{unknown_key_error(key, valid)} (in {what})')
+    section = config
+    for part in parent.split('.') if parent else ():
+      section = section[part]
+    current = section[leaf]
+    if isinstance(value, str) and not isinstance(current, str):
+      value = parse_value(value, current, key)
+    try:
+      section[leaf] = value
+    except TypeError:
+      raise ConfigError(f'{key}={value!r} ({type(value).__name__}) does not fit the field, which holds '
+                        f'{type(current).__name__} ({current!r}) in {what}') from None
+  return config
 
 
 def check_resumable(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict, workdir: str) -> None:

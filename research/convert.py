@@ -22,6 +22,9 @@ from research import analysis, checkpoints, config as config_lib, hf, train
 
 # The config of each family's quickstart is the base an imported model's config starts from.
 _BASES = {'encoder_decoder': 'quickstart', 'decoder_only': 'decoder_quickstart', 'encoder_only': 'encoder_quickstart'}
+# Model fields no checkpoint fixes (how the model runs, LoRA adapters): kept from the base so that they can be
+# overridden, e.g. --config.model.lora_rank=8 to fine-tune an imported model with adapters.
+_RUN_FIELDS = ('dtype', 'param_dtype', 'remat', 'scan_layers', 'lora_rank', 'lora_alpha', 'lora_targets')
 _CONFIG_PY = '''"""The config of a checkpoint imported by experiments/convert_checkpoint.py (edit config.json, or override)."""
 
 import json
@@ -40,7 +43,7 @@ def imported_config(model: ml_collections.ConfigDict, spiece: str | None) -> ml_
   """The family's quickstart config with the imported architecture and a matching objective."""
   import importlib
   config = importlib.import_module(f'configs.{_BASES[model.family]}').get_config()
-  config.model = model
+  config.model = ml_collections.ConfigDict({**{k: config.model[k] for k in _RUN_FIELDS}, **model})
   if model.family == 'encoder_only':
     config.objective.name = 'classify' if model.head == 'classifier' else 'mlm'
     if model.head == 'classifier':

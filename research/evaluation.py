@@ -84,10 +84,11 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, all_steps: bool =
   return results, examples
 
 
-def markdown_table(results: list[dict]) -> str:
-  """One row per step; a column per metric (4 significant digits; counts in full)."""
-  columns = ['step'] + [k for k in results[0] if k not in _NOT_METRICS]
-  rows = [[str(r[k]) if isinstance(r[k], int) else f'{r[k]:.4g}' for k in columns] for r in results]
+def markdown_table(results: list[dict], columns: list[str] | None = None) -> str:
+  """One row per record; a column per metric, or per key in `columns` (floats to 4 significant digits; counts and
+  text in full)."""
+  columns = columns or ['step'] + [k for k in results[0] if k not in _NOT_METRICS]
+  rows = [[f'{r[k]:.4g}' if isinstance(r[k], float) else str(r[k]) for k in columns] for r in results]
   lines = [columns, ['---'] * len(columns)] + rows
   return '\n'.join('| ' + ' | '.join(line) + ' |' for line in lines) + '\n'
 

@@ -141,9 +141,10 @@ def resolved(model: ml_collections.ConfigDict, vocab_size: int) -> ml_collection
 
 
 # Fields a Hugging Face layout leaves free (or that only a family's unused parts read); how the model runs
-# (precision, rematerialisation, scanned layers) is not part of the checkpoint.
+# (precision, rematerialisation, scanned layers) is not part of the checkpoint, and LoRA adapters are merged into
+# their kernels on export (`params_to_hf`).
 _FREE = {'dropout_rate', 'attention_dropout_rate', 'vocab_multiple', 'max_length', 'dtype', 'param_dtype', 'remat',
-         'scan_layers'}
+         'scan_layers', 'lora_rank', 'lora_alpha', 'lora_targets'}
 _UNUSED = {'decoder_only': {'num_encoder_layers', 'num_classes', 'pooling'},
            'encoder_only': {'num_decoder_layers'}, 'encoder_decoder': {'num_classes', 'pooling'}}
 
@@ -334,6 +335,9 @@ def params_from_hf(model: ml_collections.ConfigDict, tensors: dict[str, np.ndarr
 
 
 def params_to_hf(model: ml_collections.ConfigDict, params: Params) -> dict[str, np.ndarray]:
+  """Hugging Face tensors of `params`; LoRA adapters are merged into their kernels (the same function)."""
+  if model.get('lora_rank'):
+    params = models.merge_lora(params, model.lora_alpha / model.lora_rank)
   if model.get('scan_layers'):
     params = models.unstack_layers(params)
   tensors = {}

@@ -7,6 +7,7 @@ Activations are constrained at block boundaries with the names ('batch', 'length
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import flax.linen as nn
@@ -175,6 +176,45 @@ class Norm(nn.Module):
     return x.astype(self.dtype)
 
 
+# ----------------------------------------------------------------------------- low-rank adapters
+
+
+# The projections LoRA can adapt: attention's query/key/value/out kernels and the MLP's dense layers.
+LORA_TARGETS = ('query', 'key', 'value', 'out', 'wi', 'wi_0', 'wi_1', 'wo')
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRA:
+  """Low-rank adapters (Hu et al. 2021, arXiv:2106.09685): a kernel W named in `targets` acts as
+  W + (alpha / rank) A B, where only A and B need training; B starts at zero, so the adapted model
+  starts as exactly its base model."""
+  rank: int
+  alpha: float
+  targets: tuple[str, ...]
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+
+def lora_delta(module: nn.Module, lora: LoRA | None, name: str, x: Array, in_names: tuple[str, ...],
+               out_names: tuple[str | None, ...], out_shape: tuple[int, ...]) -> Array | float:
+  """The adapter's term (alpha / rank) (x A) B of projection `name` for x [..., *in] (0 when `name` is not adapted).
+
+  A [*in, rank] (random, scaled like the kernel) and B [rank, *out] (zeros) are the parameters `<name>_lora_a`
+  and `<name>_lora_b` of `module`, with the kernel's logical axis names on their kernel-sized axes.
+  """
+  if lora is None or name not in lora.targets:
+    return 0.0
+  in_axes = tuple(range(len(in_names)))
+  a = module.param(f'{name}_lora_a', logical(_fan_in(in_axes), *in_names, None),
+                   (*x.shape[x.ndim - len(in_names):], lora.rank), module.param_dtype)
+  b = module.param(f'{name}_lora_b', logical(nn.initializers.zeros, None, *out_names), (lora.rank, *out_shape),
+                   module.param_dtype)
+  low_rank = jnp.tensordot(x, a.astype(module.dtype), axes=len(in_names))
+  return jnp.tensordot(low_rank, b.astype(module.dtype), axes=1) * lora.scale
+
+
 # ----------------------------------------------------------------------------- attention and MLP
 
 
@@ -193,6 +233,7 @@ class MultiHeadAttention(nn.Module):
   scale_queries: bool = True
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  lora: LoRA | None = None
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array, deterministic: bool,
@@ -228,7 +269,8 @@ class MultiHeadAttention(nn.Module):
     out = jnp.einsum('bkgqs,bskd->bqkgd', grouped, value).reshape(batch, q_len, self.num_heads, self.head_dim)
     kernel = self.param('out', logical(_fan_in((0, 1)), 'heads', 'kv', 'embed'),
                         (self.num_heads, self.head_dim, features), self.param_dtype)
-    out = jnp.einsum('bqhd,hde->bqe', out, kernel.astype(self.dtype))
+    out = jnp.einsum('bqhd,hde->bqe', out, kernel.astype(self.dtype)) + lora_delta(
+        self, self.lora, 'out', out, ('heads', 'kv'), ('embed',), (features,))
     if self.use_bias:
       out = out + self.param('out_bias', logical(nn.initializers.zeros, 'embed'), (features,), self.param_dtype)
     return out.astype(self.dtype)
@@ -264,6 +306,7 @@ class MultiHeadAttention(nn.Module):
     kernel = self.param(name, logical(_fan_in((0,)), 'embed', heads_name, 'kv'),
                         (x.shape[-1], heads, self.head_dim), self.param_dtype)
     y = jnp.einsum('ble,ehd->blhd', x, kernel.astype(self.dtype))
+    y = y + lora_delta(self, self.lora, name, x, ('embed',), (heads_name, 'kv'), (heads, self.head_dim))
     if self.use_bias:
       y = y + self.param(f'{name}_bias', logical(nn.initializers.zeros, heads_name, 'kv'),
                          (heads, self.head_dim), self.param_dtype)
@@ -297,20 +340,22 @@ class Mlp(nn.Module):
   use_bias: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  lora: LoRA | None = None
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
     features = x.shape[-1]
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
 
-    def dense(name, size, names):
-      return nn.Dense(size, use_bias=self.use_bias, kernel_init=logical(init, *names),
-                      bias_init=logical(nn.initializers.zeros, names[-1]), dtype=self.dtype,
-                      param_dtype=self.param_dtype, name=name)
+    def dense(name, size, names, inputs):
+      y = nn.Dense(size, use_bias=self.use_bias, kernel_init=logical(init, *names),
+                   bias_init=logical(nn.initializers.zeros, names[-1]), dtype=self.dtype,
+                   param_dtype=self.param_dtype, name=name)(inputs)
+      return y + lora_delta(self, self.lora, name, inputs, names[:1], names[1:], (size,))
     if self.activation in GATED_ACTIVATIONS:
-      gate = ACTIVATIONS[GATED_ACTIVATIONS[self.activation]](dense('wi_0', self.hidden_dim, ('embed', 'mlp'))(x))
-      h = gate * dense('wi_1', self.hidden_dim, ('embed', 'mlp'))(x)
+      gate = ACTIVATIONS[GATED_ACTIVATIONS[self.activation]](dense('wi_0', self.hidden_dim, ('embed', 'mlp'), x))
+      h = gate * dense('wi_1', self.hidden_dim, ('embed', 'mlp'), x)
     else:
-      h = ACTIVATIONS[self.activation](dense('wi', self.hidden_dim, ('embed', 'mlp'))(x))
+      h = ACTIVATIONS[self.activation](dense('wi', self.hidden_dim, ('embed', 'mlp'), x))
     h = nn.Dropout(self.dropout_rate)(constrain(h, 'batch', 'length', 'mlp'), deterministic=deterministic)
-    return dense('wo', features, ('mlp', 'embed'))(h)
+    return dense('wo', features, ('mlp', 'embed'), h)

@@ -54,6 +54,9 @@ class ModelConfig:
   param_dtype: str = 'float32'
   remat: str = 'none'  # recompute activations in the backward pass: 'none', 'full' (per layer), 'dots_saveable'
   scan_layers: bool = False  # one scanned layer (compile time flat in depth); parameters stacked under 'layers'
+  lora_rank: int = 0  # > 0: low-rank adapters of this rank on the `lora_targets` kernels (layers.LoRA)
+  lora_alpha: float = 16.0  # the adapters' term is scaled by lora_alpha / lora_rank
+  lora_targets: tuple[str, ...] = ('query', 'value')  # names in layers.LORA_TARGETS
 
   @classmethod
   def from_config(cls, model: ml_collections.ConfigDict, tokenizer_vocab_size: int) -> 'ModelConfig':
@@ -63,6 +66,8 @@ class ModelConfig:
     if unknown:
       raise ConfigError(f'model.{sorted(unknown)[0]} is not a model field; valid: {", ".join(sorted(fields))}')
     values = {k: model[k] for k in fields if k in model}
+    if 'lora_targets' in values:  # a list once read back from config.json; the config must stay hashable
+      values['lora_targets'] = tuple(values['lora_targets'])
     if not model.get('head_dim'):
       if model.d_model % model.num_heads:
         raise ConfigError(f'model.d_model={model.d_model} is not divisible by model.num_heads={model.num_heads}; '
@@ -102,11 +107,29 @@ class ModelConfig:
     for name in ('dropout_rate', 'attention_dropout_rate'):
       if not 0 <= getattr(self, name) < 1:
         raise ConfigError(f'model.{name} must be in [0, 1), got {getattr(self, name)}')
+    self._validate_lora()
+
+  def _validate_lora(self) -> None:
+    if self.lora_rank < 0 or self.lora_alpha <= 0:
+      raise ConfigError(f'model.lora_rank={self.lora_rank} must be >= 0 (0: off) and model.lora_alpha='
+                        f'{self.lora_alpha} positive')
+    if not self.lora_rank:
+      return
+    gated = self.activation in layers.GATED_ACTIVATIONS
+    present = [t for t in layers.LORA_TARGETS if t not in (('wi',) if gated else ('wi_0', 'wi_1'))]
+    if not self.lora_targets:
+      raise ConfigError(f'model.lora_rank={self.lora_rank} needs model.lora_targets, some of {", ".join(present)}')
+    for target in self.lora_targets:
+      check_choice(target, present, 'model.lora_targets entry')
 
   @property
   def kwargs(self) -> dict:
     """dtype/param_dtype arguments for the layers."""
     return {'dtype': jnp.dtype(self.dtype), 'param_dtype': jnp.dtype(self.param_dtype)}
+
+  @property
+  def lora(self) -> layers.LoRA | None:
+    return layers.LoRA(self.lora_rank, self.lora_alpha, self.lora_targets) if self.lora_rank else None
 
 
 class Block(nn.Module):
@@ -120,7 +143,7 @@ class Block(nn.Module):
     c = self.config
     attention = lambda name, rotary: layers.MultiHeadAttention(  # noqa: E731
         c.num_heads, c.head_dim, c.num_kv_heads, c.attention_dropout_rate, c.use_bias, rotary, c.scale_attention,
-        **c.kwargs, name=name)
+        **c.kwargs, lora=c.lora, name=name)
 
     def sublayer(x, name, fn):
       norm = layers.Norm(c.norm, c.norm_epsilon, **c.kwargs, name=f'{name}_norm')
@@ -135,7 +158,7 @@ class Block(nn.Module):
       x = sublayer(x, 'cross_attention', lambda h: attention('cross_attention', False)(
           h, encoded, cross_mask, deterministic, decode=decode))
     x = sublayer(x, 'mlp', lambda h: layers.Mlp(c.mlp_dim, c.activation, c.dropout_rate, c.use_bias, **c.kwargs,
-                                                 name='mlp')(h, deterministic))
+                                                 lora=c.lora, name='mlp')(h, deterministic))
     return layers.constrain(x, 'batch', 'length', 'embed')
 
 
@@ -181,9 +204,9 @@ class Stack(nn.Module):
     if c.remat != 'none':  # `deterministic` and `decode` (arguments 4 and 8, counting self) are Python bools
       layer = nn.remat(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4, 8))
     if c.scan_layers:
-      layer = nn.scan(layer, variable_axes={'params': 0, 'cache': 0}, split_rngs={'params': True, 'dropout': True},
-                      in_axes=(nn.broadcast,) * len(args), length=self.num_layers,
-                      metadata_params={nn.PARTITION_NAME: 'layers'})
+      layer = nn.scan(layer, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+                      split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast,) * len(args),
+                      length=self.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
       x, _ = layer(c, self.cross_attention, name='layers')(x, *args)
     else:
       for i in range(self.num_layers):
@@ -333,6 +356,26 @@ def unstack_layers(params: dict) -> dict:
     for i in range(jax.tree.leaves(stacked)[0].shape[0]):
       params[f'layers_{i}'] = jax.tree.map(lambda x, i=i: np.asarray(x[i]), stacked)
   return params
+
+
+def merge_lora(params: dict, scale: float) -> dict:
+  """Adapters folded into their kernels (W + scale A B) and dropped: the same function as parameters of the model
+  without LoRA (for export). `scale` is lora_alpha / lora_rank; scanned layers (a leading layer axis) work too."""
+  if not isinstance(params, dict):
+    return params
+  merged = {k: merge_lora(v, scale) for k, v in params.items() if not k.endswith(('_lora_a', '_lora_b'))}
+  for key in params:
+    if not key.endswith('_lora_a'):
+      continue
+    name = key[:-len('_lora_a')]
+    a, b = np.asarray(params[key], np.float32), np.asarray(params[f'{name}_lora_b'], np.float32)
+    in_module = isinstance(merged[name], dict)  # an MLP dense keeps its kernel in its own scope
+    kernel = np.asarray(merged[name]['kernel'] if in_module else merged[name])
+    lead = kernel.shape[:a.ndim + b.ndim - 2 - kernel.ndim]  # () or (layers,)
+    delta = a.reshape(lead + (-1, a.shape[-1])) @ b.reshape(lead + (b.shape[len(lead)], -1))
+    kernel = (kernel.astype(np.float32) + scale * delta.reshape(kernel.shape)).astype(kernel.dtype)
+    merged[name] = {**merged[name], 'kernel': kernel} if in_module else kernel
+  return merged
 
 
 MODELS = {'encoder_decoder': EncoderDecoder, 'decoder_only': DecoderOnly, 'encoder_only': EncoderOnly}

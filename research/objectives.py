@@ -2,7 +2,8 @@
 
 An objective wraps a model and exposes the pure functions the trainer needs:
 `loss_fn(params, batch, rng) -> (loss, metrics)` for training (the loss is a mean over
-`metrics['loss_weight']` scored items, so micro-batches combine exactly) and `eval_fn(params, batch) ->
+`metrics['loss_weight']` scored items, so micro-batches combine exactly; a batch with `teacher_logits` adds
+the distillation term, see `distill.py`) and `eval_fn(params, batch) ->
 (sums, predictions)` for evaluation, plus `layout` (for the data pipeline) and `summarize(sums)`.
 Adding an objective touches no training code.
 
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import decoding
+from research import decoding, distill
 from research.config import ConfigError, check_choice
 from research.data import pipeline
 from research.data.pipeline import Layout
@@ -84,11 +85,13 @@ class Objective:
   def token_loss(self, params, batch: dict, rng: Array | None) -> tuple[Array, dict]:
     """Mean cross-entropy of the decoder targets, with the counts the trainer logs."""
     logits = self.logits(params, batch, rng)
-    loss_sum, correct, weight = cross_entropy(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
+    weights = batch['decoder_loss_weights']
+    loss_sum, correct, weight = cross_entropy(logits, batch['decoder_target_tokens'], weights,
                                               self.label_smoothing, self.z_loss)
     weight = jnp.maximum(weight, 1.0)
-    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': weight, 'loss_weight': weight,
-                               'input_tokens': _count(batch, 'encoder_segment_ids')}
+    return distill.mix(loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': weight,
+                                           'loss_weight': weight, 'input_tokens': _count(batch, 'encoder_segment_ids')},
+                       logits, batch, weights, self.config.get('distill'))
 
   def loss_fn(self, params, batch: dict, rng: Array) -> tuple[Array, dict]:
     return self.token_loss(params, batch, rng)
@@ -285,8 +288,9 @@ class Classify(Objective):
     real = (batch['encoder_segment_ids'][:, 0] > 0).astype(jnp.float32)
     loss_sum, correct, weight = cross_entropy(logits, batch['label'], real, self.label_smoothing, self.z_loss)
     weight = jnp.maximum(weight, 1.0)
-    return loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': jnp.zeros(()), 'loss_weight': weight,
-                               'input_tokens': _count(batch, 'encoder_segment_ids')}
+    return distill.mix(loss_sum / weight, {'accuracy': correct / weight, 'target_tokens': jnp.zeros(()),
+                                           'loss_weight': weight, 'input_tokens': _count(batch, 'encoder_segment_ids')},
+                       logits, batch, real, self.config.get('distill'))
 
   def eval_fn(self, params, batch: dict) -> tuple[dict, Array]:
     logits = self.logits(params, batch, None)

@@ -3,9 +3,10 @@
 Each weight that feeds a matrix multiplication (attention projections, MLP, the token embedding / output
 projection) is stored as int8 values and float32 scales: w ~ values * scale, scale = max|w| / 127 over
 the weight's input (contracted) axes, so each output channel keeps its own range. Everything else (norms,
-biases, position tables) stays in float. `dequantize` restores float weights inside the jitted
-computation; storage, host-to-device transfer and checkpoint-to-device memory are about a quarter of
-float32. Which axes a weight contracts comes from its logical axis names.
+biases, position tables, LoRA adapters: small, and each has only one of 'embed' and an output axis) stays in
+float. `dequantize` restores float weights inside the jitted computation; storage, host-to-device transfer
+and checkpoint-to-device memory are about a quarter of float32. Which axes a weight contracts comes from its
+logical axis names.
 """
 
 from __future__ import annotations

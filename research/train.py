@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from research import checkpoints, config as config_lib, files, mesh as mesh_lib, metrics as metrics_lib
-from research import models, objectives, optim, quantize
+from research import distill, finetune, models, objectives, optim, prune, quantize
 from research.data import pipeline, sources
 from research.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer
 
@@ -59,10 +59,15 @@ class Experiment:
   batch_sharding: NamedSharding
   train_records: Any
   eval_records: Any
+  trainable: Any  # True for each parameter that trains (`finetune.trainable_mask`)
 
   @property
   def param_count(self) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
+
+  @property
+  def trainable_count(self) -> int:
+    return finetune.count(self.abstract_state.params, self.trainable)
 
   @property
   def layout(self) -> str:
@@ -106,6 +111,8 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
   """
   data, train = config.data, config.train
   objectives.check_family(config)
+  distill.check(config)
+  prune.check(config.get('prune'), train.num_steps)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = mesh_lib.rules(config.mesh)
   dp = mesh_lib.data_parallel_size(mesh)
@@ -122,7 +129,8 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
   if tokenizer is None:
     train_records = sources.open_split(data, 'train')
     eval_records = sources.open_split(data, 'eval')
-    tokenizer = sources.tokenizer_for(data, train_records)
+    tokenizer = source_tokenizer(config) if finetune.source_workdir(config) else sources.tokenizer_for(
+        data, train_records)
   model = models.build(config.model, tokenizer.vocab_size + objectives.extra_tokens(config))
   objective = objectives.build(config, model, tokenizer.vocab_size)
   longest = max(objective.layout.lengths().values())  # a decoder-only sequence holds input and target
@@ -137,6 +145,8 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
   param_shardings = mesh_lib.logical_shardings(param_axes, mesh, rules)
   abstract_params = nn.unbox(boxed)
   mesh_lib.check_divisible(abstract_params, param_shardings)
+  trainable = finetune.trainable_mask(abstract_params, train)
+  optimizer = finetune.optimizer_for(optimizer, trainable)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   replicated = mesh_lib.replicated(mesh)
   state_shardings = TrainState(step=replicated, params=param_shardings, rng=replicated,
@@ -146,12 +156,13 @@ def setup(config: ml_collections.ConfigDict, devices=None, tokenizer: Tokenizer 
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
                                 state_shardings)
   return Experiment(config, tokenizer, model, objective, optimizer, mesh, rules, abstract_state, state_shardings,
-                    param_axes, mesh_lib.batch_sharding(mesh, rules), train_records, eval_records)
+                    param_axes, mesh_lib.batch_sharding(mesh, rules), train_records, eval_records, trainable)
 
 
 
 def init_state(exp: Experiment) -> TrainState:
-  """A fresh state, created directly in its shardings (no host copy of the parameters)."""
+  """A fresh state, created directly in its shardings (no host copy of the parameters); with `config.init`, the
+  parameters it selects come from another experiment's checkpoint (`finetune.restore`)."""
   batch = example_batch(exp.objective.layout, 1)
 
   def init(seed):
@@ -160,21 +171,38 @@ def init_state(exp: Experiment) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=exp.optimizer.init(params),
                       rng=dropout_rng)
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
-    return jax.jit(init, static_argnums=0, out_shardings=exp.state_shardings)(exp.config.seed)
+    state = jax.jit(init, static_argnums=0, out_shardings=exp.state_shardings)(exp.config.seed)
+  if finetune.source_workdir(exp.config):
+    state = finetune.initialise_from(exp.config.init, state, exp.optimizer, exp.state_shardings.opt_state)
+  return state
 
 
-def make_train_step(exp: Experiment) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """The jitted step: gradients of `objective.loss_fn`, optimizer update; the old state is donated."""
-  learning_rate = optim.schedule(exp.config.optimizer, exp.config.train.num_steps)
+def make_train_step(exp: Experiment, teacher: distill.Teacher | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The jitted step: gradients of `objective.loss_fn`, optimizer update; the old state is donated.
 
-  grad_fn = jax.value_and_grad(exp.objective.loss_fn, has_aux=True)
-  micro_batches = exp.config.train.grad_accum_steps
+  With a `teacher`, its logits on each (micro-)batch join the batch as `teacher_logits` (distillation);
+  with `config.prune.sparsity`, matrices are magnitude-pruned after the update (`prune.apply`).
+  """
+  config = exp.config
+  learning_rate = optim.schedule(config.optimizer, config.train.num_steps)
+  micro_batches = config.train.grad_accum_steps
+  pruning = config.prune.sparsity > 0
+  # Frozen parameters are left as they are: pruning them would change what the run promised to keep.
+  prune_mask = (jax.tree.map(lambda target, trains: target and trains, prune.target_mask(exp.abstract_state.params, config.prune),
+                             exp.trainable) if pruning else None)
 
-  def accumulated(params, batch: dict, rng: jax.Array):
-    """Gradients of the whole batch from `micro_batches` sequential pieces, weighted by what each scores.
-
-    Piece i takes rows i, i + k, i + 2k, ... so that every device holds an equal share of each piece.
-    """
+  def gradients(params, batch: dict, rng: jax.Array, teacher_params):
+    def loss_fn(params, batch, rng):
+      params = finetune.stop_frozen(params, exp.trainable)
+      if teacher is not None:
+        batch = {**batch, 'teacher_logits': jax.lax.stop_gradient(teacher.logits(teacher_params, batch))}
+      return exp.objective.loss_fn(params, batch, rng)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if micro_batches == 1:
+      return grad_fn(params, batch, rng)
+    # The whole batch's gradients from `micro_batches` sequential pieces, weighted by what each scores. Piece i
+    # takes rows i, i + k, i + 2k, ... so that every device holds an equal share of each piece.
     pieces = jax.tree.map(lambda x: x.reshape((-1, micro_batches) + x.shape[1:]).swapaxes(0, 1), batch)
 
     def body(total, inputs):
@@ -190,19 +218,22 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, dict], tuple[Train
     metrics = {k: jnp.sum(v) if k.endswith(('tokens', 'weight')) else jnp.sum(v * share) for k, v in per_piece.items()}
     return (metrics.pop('loss'), metrics), jax.tree.map(lambda g: g / weight, total)
 
-  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def step(state: TrainState, batch: dict, teacher_params=None) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-    gradients = grad_fn if micro_batches == 1 else accumulated
-    (loss, metrics), grads = gradients(state.params, batch, rng)
+    (loss, metrics), grads = gradients(state.params, batch, rng, teacher_params)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': learning_rate(state.step)}
+    if pruning:
+      params = prune.apply(params, state.params, state.step + 1, prune_mask, config.prune, config.train.num_steps)
+      metrics['sparsity'] = prune.sparsity(params, prune_mask)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  jitted = jax.jit(step, in_shardings=(exp.state_shardings, exp.batch_sharding),
+  in_shardings = (exp.state_shardings, exp.batch_sharding) + ((teacher.shardings,) if teacher else ())
+  jitted = jax.jit(step, in_shardings=in_shardings,
                    out_shardings=(exp.state_shardings, mesh_lib.replicated(exp.mesh)), donate_argnums=0)
-  return _under_mesh(exp, jitted)
+  return _under_mesh(exp, jitted, *((teacher.params,) if teacher else ()))
 
 
 def make_eval_step(exp: Experiment,
@@ -222,11 +253,12 @@ def make_eval_step(exp: Experiment,
   return _under_mesh(exp, jitted)
 
 
-def _under_mesh(exp: Experiment, fn: Callable) -> Callable:
+def _under_mesh(exp: Experiment, fn: Callable, *bound: Any) -> Callable:
+  """`fn` called in the mesh and logical-axis-rule contexts, with `bound` appended to its arguments."""
   @functools.wraps(fn)  # `__wrapped__` is the jitted function (to lower and compile it alone)
   def wrapped(*args):
     with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
-      return fn(*args)
+      return fn(*args, *bound)
   return wrapped
 
 
@@ -264,7 +296,7 @@ def evaluate(exp: Experiment, eval_step: Callable, params: Any) -> tuple[dict, l
   return summary, examples
 
 
-class _StopRequest:
+class StopRequest:
   """Turns the first SIGTERM/SIGINT into a request to save and stop at a step boundary."""
 
   def __init__(self):
@@ -331,6 +363,52 @@ def tokenizer_for_workdir(config: ml_collections.ConfigDict, workdir: str) -> To
   raise config_lib.ConfigError(f'{workdir} has no {VOCAB_FILE}; cannot rebuild its SentencePiece tokenizer')
 
 
+def source_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+  """The tokenizer of `init.workdir`: a run initialised from it must read token ids as it did."""
+  source = config.init.workdir
+  if not files.path(source).is_dir():
+    raise config_lib.ConfigError(f'init.workdir={source} does not exist')
+  source_config = saved_config(source)
+  tokenizer = tokenizer_for_workdir(source_config, source)
+  finetune.check_vocabulary(config.data, source_config.data, tokenizer, source)
+  return tokenizer
+
+
+def load_teacher(exp: Experiment) -> distill.Teacher:
+  """The teacher of `config.distill`, its parameters restored onto the student's mesh. Refused unless it reads
+  the same token ids and batch layout as the student."""
+  config = exp.config
+  workdir = config.distill.teacher_workdir
+  teacher_config = saved_config(workdir)
+  tokenizer = tokenizer_for_workdir(teacher_config, workdir)
+  if (type(tokenizer), getattr(tokenizer, 'serialized', None)) != (type(exp.tokenizer),
+                                                                    getattr(exp.tokenizer, 'serialized', None)):
+    raise config_lib.ConfigError(f'distill.teacher_workdir={workdir} uses another tokenizer than this run; train '
+                                 f'the student with its vocabulary (data.vocab_file={workdir}/{VOCAB_FILE})')
+  # The teacher reads the student's batches on the student's mesh.
+  for section in ('mesh', 'train', 'eval'):
+    teacher_config[section] = config[section].copy_and_resolve_references()
+  teacher_config.data.update(max_input_length=config.data.max_input_length,
+                             max_target_length=config.data.max_target_length)
+  teacher_config.train.update(trainable=('.*',), freeze=())  # the student's fine-tuning choices are not the teacher's
+  try:
+    teacher = setup(teacher_config, devices=list(exp.mesh.devices.flat), tokenizer=tokenizer)
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f'teacher {workdir}: {e}') from e
+  if teacher.objective.layout != exp.objective.layout:
+    raise config_lib.ConfigError(f'teacher {workdir} is a {teacher_config.objective.name} model; the student '
+                                 f'({config.objective.name}) needs a teacher that reads the same batches')
+  checkpointer = checkpoints.Checkpointer(files.path(workdir) / 'checkpoints')
+  step = config.distill.teacher_step or checkpointer.latest_step()
+  if step not in checkpointer.all_steps():
+    raise config_lib.ConfigError(f'teacher {workdir} has no checkpoint at step {step}; it has '
+                                 f'{checkpointer.all_steps()}')
+  params = checkpointer.restore_params(step, teacher.abstract_state.params)
+  checkpointer.close()
+  return distill.Teacher(lambda p, batch: teacher.objective.logits(p, batch, None), params,
+                         teacher.state_shardings.params, workdir)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   """Trains (resuming from the workdir's latest checkpoint), evaluates, saves; returns the last eval metrics."""
   check_workdir(config, workdir)
@@ -347,18 +425,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                                                       elastic=not config.data.pack)
   start = start or 0
   writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_chief)
-  train_step, eval_step = make_train_step(exp), make_eval_step(exp)
+  teacher = load_teacher(exp) if config.distill.teacher_workdir else None
+  train_step, eval_step = make_train_step(exp, teacher=teacher), make_eval_step(exp)
   layout = exp.layout
   if is_chief:
     files.write_atomic(files.path(workdir) / LAYOUT_FILE, layout.encode())
-  _log(is_chief, f'{layout}\n{"resuming from step " + str(start) if start else "starting"}: {exp.param_count:,} '
-       f'parameters, {jax.process_count()} process(es), workdir {workdir}')
+  trainable, total = exp.trainable_count, exp.param_count
+  source = finetune.source_workdir(config)
+  beginning = f'resuming from step {start}' if start else f'starting from {source}' if source else 'starting'
+  _log(is_chief, f'{layout}\n{beginning}: {trainable:,} trainable of {total:,} parameters '
+       f'({100 * trainable / total:.2f}%), {jax.process_count()} process(es), workdir {workdir}')
+  if not start:
+    writer.write(0, {'params/total': total, 'params/trainable': trainable})
+  if teacher:
+    _log(is_chief, f'distilling from {teacher.workdir} (weight {config.distill.weight}, temperature '
+         f'{config.distill.temperature})')
 
   history, eval_metrics = [], {}
   tick = time.perf_counter()
   progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, disable=not is_chief, dynamic_ncols=True,
                        desc='train')
-  with _StopRequest() as stop:
+  with StopRequest() as stop:
     for step in range(start + 1, train_cfg.num_steps + 1):
       state, step_metrics = train_step(state, to_global(exp, next(data_iterator)))
       history.append(step_metrics)

@@ -52,3 +52,16 @@ def data_dir(tmp_path_factory):
 @pytest.fixture
 def config(data_dir):
   return tiny_config(data_dir)
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory, data_dir):
+  """The tiny config trained for 12 steps on 1 device (checkpoints at 6 and 12), shared read-only by the tests
+  that start from, compare with or analyse a finished run: (workdir, final eval metrics)."""
+  import jax
+  from research import train
+  workdir = tmp_path_factory.mktemp('trained')
+  config = tiny_config(data_dir)
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  final = train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  return workdir, final

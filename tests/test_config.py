@@ -1,5 +1,6 @@
 """Config loading, overrides, forking and the start-up errors a user sees."""
 
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,76 @@ def test_nearest_keys():
   assert config_lib.nearest('model.dmodel', keys)[0] == 'model.d_model'
   assert config_lib.nearest('train.batchsize', keys)[0] == 'train.batch_size'
   assert 'eval.num_examples' in config_lib.nearest('num_example', keys)
+
+
+def run_config_diff(*args):
+  return subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'config_diff.py'), *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_override_parses_by_field_type_and_refuses_what_does_not_fit():
+  base = config_lib.load_config_file(QUICKSTART)
+  changed = config_lib.override(base, {'model.d_model': '64', 'optimizer.learning_rate': '1e-3',
+                                       'model.tie_embeddings': 'false', 'model.norm': 'rmsnorm',
+                                       'data.classes': "('a', 'b')", 'train.num_steps': 7})
+  assert (changed.model.d_model, changed.optimizer.learning_rate, changed.model.tie_embeddings) == (64, 1e-3, False)
+  assert (changed.model.norm, changed.data.classes, changed.train.num_steps) == ('rmsnorm', ('a', 'b'), 7)
+  assert base.model.d_model == 128  # a copy
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config key 'model.dmodel'; nearest valid keys: "
+                     r"model.d_model.* \(in base.py\)"):
+    config_lib.override(base, {'model.dmodel': 64}, what='base.py')
+  with pytest.raises(config_lib.ConfigError, match=r"model.d_model='sixty' is not a valid int"):
+    config_lib.override(base, {'model.d_model': 'sixty'})
+  with pytest.raises(config_lib.ConfigError, match=r'model.d_model=2.5 \(float\) does not fit the field, which holds '
+                     r'int \(128\)'):
+    config_lib.override(base, {'model.d_model': 2.5})
+  with pytest.raises(config_lib.ConfigError, match='model is a section'):
+    config_lib.override(base, {'model': '3'})
+
+
+def test_diff_many_and_its_table():
+  a = config_lib.load_config_file(QUICKSTART)
+  b = config_lib.override(a, {'model.norm': 'rmsnorm', 'train.num_steps': 10})
+  c = config_lib.from_json(config_lib.to_json(a))  # what a workdir holds: the same config
+  rows = config_lib.diff_many([a, b, c])
+  assert rows == [('model.norm', ['layernorm', 'rmsnorm', 'layernorm']), ('train.num_steps', [1500, 10, 1500])]
+  assert config_lib.diff_many([a, c]) == []
+  del c.model['norm']
+  assert config_lib.diff_many([a, c]) == [('model.norm', ['layernorm', config_lib.ABSENT])]
+  text = config_lib.diff_table(['a', 'b', 'c'], rows)
+  assert text.splitlines() == ['field              a          b        c',
+                               'model.norm         layernorm  rmsnorm  layernorm',
+                               'train.num_steps *  1500       10       1500']
+  assert config_lib.diff_table(['a', 'b', 'c'], rows, markdown=True).splitlines()[:2] == [
+      '| field | a | b | c |', '| --- | --- | --- | --- |']
+
+
+def test_config_diff_command(tmp_path):
+  ablation = os.path.join(REPO, 'configs', 'ablations', 'quickstart_rmsnorm.py')
+  result = run_config_diff(QUICKSTART, ablation)
+  assert result.returncode == 1, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0] == f'configs in {os.path.join(REPO, "configs")}{os.sep}:'  # the labels drop the shared directory
+  assert lines[1].split() == ['field', 'quickstart.py', os.path.join('ablations', 'quickstart_rmsnorm.py')]
+  assert [line.split() for line in lines[2:4]] == [['model.activation', 'relu', 'silu'],
+                                                   ['model.norm', 'layernorm', 'rmsnorm']]
+  assert lines[4].startswith('2 of ') and lines[4].endswith(' fields differ')
+  # A workdir stands for its config.json; the same config in another form is no difference.
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(config_lib.to_json(config_lib.load_config_file(ablation)))
+  result = run_config_diff(ablation, str(workdir))
+  assert result.returncode == 0 and result.stdout.startswith('the configs are the same'), result.stdout
+  result = run_config_diff(QUICKSTART, str(workdir), '--only=model.norm', '--format=json')
+  assert result.returncode == 1
+  assert json.loads(result.stdout)['differences'] == [{'key': 'model.norm', 'values': ['layernorm', 'rmsnorm'],
+                                                       'resumable': False}]
+  result = run_config_diff(QUICKSTART, str(workdir), '--ignore=model')
+  assert result.returncode == 0
+  for args, message in (([QUICKSTART], 'give two or more configs'),
+                        ([QUICKSTART, str(tmp_path)], 'holds no config.json'),
+                        ([QUICKSTART, ablation, '--ignore=modle'], "unknown field or section 'modle'; nearest valid "
+                                                                   'keys: model')):
+    result = run_config_diff(*args)
+    assert result.returncode == 2 and result.stderr.startswith('error: ') and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -171,8 +171,8 @@ def _run_until(config, workdir, stop_after: int) -> int:
   config.train.num_steps = 12
   original = train.make_train_step
 
-  def make_stopping_step(exp):
-    step = original(exp)
+  def make_stopping_step(exp, teacher=None):
+    step = original(exp, teacher)
     calls = []
 
     def stopping(state, batch):

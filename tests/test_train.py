@@ -24,15 +24,10 @@ def train_losses(workdir) -> dict[int, float]:
   return {r['step']: r['train/loss'] for r in records}
 
 
-@pytest.fixture(scope='module')
-def reference_run(tmp_path_factory, data_dir):
+@pytest.fixture
+def reference_run(trained_workdir):
   """One uninterrupted 1-device run of the tiny config: the reference the other tests compare with."""
-  from tests.conftest import tiny_config
-  workdir = tmp_path_factory.mktemp('reference')
-  config = tiny_config(data_dir)
-  config.mesh.update(data=1, fsdp=1, tensor=1)
-  final = train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
-  return workdir, final
+  return trained_workdir
 
 
 def test_end_to_end_run_learns_and_fills_the_workdir(reference_run):
@@ -47,7 +42,8 @@ def test_end_to_end_run_learns_and_fills_the_workdir(reference_run):
   evals = [r for r in metrics_lib.read_metrics(str(workdir)) if 'eval/loss' in r]
   assert [r['step'] for r in evals] == [6, 12] and final['examples'] == 64
   assert evals[-1]['eval/loss'] < evals[0]['eval/loss']
-  first = metrics_lib.read_metrics(str(workdir))[0]
+  counts, first = metrics_lib.read_metrics(str(workdir))[:2]
+  assert counts == {'step': 0, 'params/total': counts['params/total'], 'params/trainable': counts['params/total']}
   for key in ('train/accuracy', 'train/learning_rate', 'train/grad_norm', 'train/tokens_per_sec', 'train/step_time'):
     assert key in first
 

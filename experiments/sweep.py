@@ -8,9 +8,10 @@ r"""Runs a sweep: configs (a base and its ablations) x a grid of field values x 
   python experiments/sweep.py --workdir=workdirs/sweeps/lr --report        # the tables again from the workdirs
 
 Every trial is checked before the first trains. Trials train one after another into <workdir>/<trial name>
-(ordinary training workdirs: evaluate.py, decode.py and load_experiment read them); after each,
-<workdir>/results.md and results.json are rebuilt. Rerunning the same command skips finished trials and
-resumes the others; SIGTERM/SIGINT stops the running trial with a checkpoint. Exit status 1 if a trial failed.
+(ordinary training workdirs: evaluate.py, decode.py and load_experiment read them); after each, the comparison
+is rebuilt: <workdir>/results.md, results.csv, results.json and curve_<metric>.png (a line per trial).
+Rerunning the same command skips finished trials and resumes the others; SIGTERM/SIGINT stops the running trial
+with a checkpoint. Exit status 1 if a trial failed.
 """
 
 import os

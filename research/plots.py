@@ -39,6 +39,8 @@ def training_curves(runs: Mapping[str, Sequence[dict]], metric: str, path, title
     steps, values = zip(*points)
     axes.plot(steps, values, marker='o' if len(points) < 20 else None, markersize=3, label=name)
   axes.set(xlabel='step', ylabel=metric, title=title or metric)
+  if 'loss' in metric and all(v > 0 for points in curves.values() for _, v in points):
+    axes.set_yscale('log')  # losses fall by orders of magnitude: the late differences between runs show
   axes.grid(alpha=0.3)
   if len(curves) > 1 or title:
     axes.legend()

@@ -3,8 +3,9 @@ one after another, and a results table that compares them.
 
 A sweep directory holds one ordinary training workdir per trial, named by what the trial sets (for example
 `quickstart_rmsnorm,learning_rate=0.001,seed=1`), each with a `trial.json` (where the trial came from, what it
-sets, its resolved config, status and training time), and `results.md` / `results.json`, rebuilt from the trial
-workdirs after every trial. Running the same sweep again skips finished trials and resumes unfinished ones; every
+sets, its resolved config, status and training time), and the comparison, rebuilt from the trial workdirs after
+every trial: `results.md`, `results.csv`, `results.json` and one `curve_<metric>.png` per training and evaluation
+metric (a line per trial). Running the same sweep again skips finished trials and resumes unfinished ones; every
 trial is checked (config, data, model shapes, the workdir's saved config) before the first one trains.
 """
 

@@ -56,7 +56,7 @@ def test_two_processes_match_one_process_and_stop_together(config, tmp_path):
   """2 processes x 2 devices give the 1-process 4-device losses and evaluation; a SIGTERM that reaches
   only process 1 stops both after the same step with one complete checkpoint, which resumes exactly
   (here in one process on 4 devices)."""
-  steps = 60
+  steps = 40
   config.mesh.update(data=2, fsdp=2, tensor=1)
   config.train.update(num_steps=steps, eval_every=10, checkpoint_every=1000)
   config_file = tmp_path / 'config.py'

@@ -44,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       source='tfds',  # or 'files': train_files / eval_files as TSV or JSONL of input/target pairs
       name='number_words',
-      data_dir='',
+      data_dir='',  # local or gs://; the SentencePiece vocabulary is cached next to the prepared data
+      download=True,  # prepare (TFDS download_and_prepare) into data_dir on first use; False: it must be there
       train_split='train',
       eval_split='validation',
       train_files='',

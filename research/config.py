@@ -24,7 +24,7 @@ import ml_collections
 RESUMABLE_PREFIXES = (
     'train.num_steps', 'train.log_every', 'train.eval_every', 'train.checkpoint_every',
     'train.keep_checkpoints', 'train.grad_accum_steps', 'eval.', 'mesh.', 'distributed.', 'data.data_dir',
-    'data.read_threads', 'model.remat', 'model.dtype',
+    'data.download', 'data.read_threads', 'model.remat', 'model.dtype',
 )
 
 

@@ -1,7 +1,8 @@
 """Workdir files on a local disk or on Cloud Storage (`gs://`), through `etils.epath` (as Orbax and TFDS do).
 
 `gs://` needs a Cloud Storage backend: `pip install -r requirements-gcs.txt` (gcsfs, and google-cloud-storage
-for TensorBoard's writer).
+for TensorBoard's writer). Where TensorFlow is installed (requirements-tf.txt) epath uses `tf.io.gfile` for
+gs:// instead, unless EPATH_USE_TF=false.
 """
 
 from __future__ import annotations

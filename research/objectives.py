@@ -173,7 +173,11 @@ class Seq2Seq(Objective):
 class LanguageModel(Objective):
   """Decoder-only LM on input + target; `prefix_lm` scores only the target and sees the input bidirectionally."""
   layout_kind = 'decoder'
-  generates_text = True
+
+  @property
+  def generates_text(self) -> bool:
+    """Continues each input; plain text (data.input_key='': no prompt) is scored by perplexity, not decoded."""
+    return bool(self.config.data.input_key)
 
   @property
   def layout(self) -> Layout:
@@ -186,7 +190,10 @@ class LanguageModel(Objective):
     targets = batch['decoder_target_tokens']
     loss_sum, correct, weight = cross_entropy(logits, targets, batch['decoder_loss_weights'])
     prompt = batch['decoder_prompt']
-    predictions = self.continue_prompts(params, batch)
+    if self.generates_text:
+      predictions = self.continue_prompts(params, batch)
+    else:  # the teacher-forced next-token guesses: free, where greedy decoding from nothing would not be
+      predictions = jnp.where(batch['decoder_loss_weights'] > 0, jnp.argmax(logits, axis=-1), 0)
     # Position i predicts token i + 1 of the decoder input: the model generates where that is no prompt.
     continuation = jnp.concatenate([prompt[:, 1:], jnp.zeros_like(prompt[:, :1])], axis=1) == 0
     real = (batch['example_index'] >= 0).astype(jnp.float32)

@@ -1,9 +1,19 @@
 """Shared test setup: 8 emulated CPU devices, a tiny config, and the embedded data prepared once."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Before jax is imported anywhere: 8 CPU devices for the sharding tests (1-device runs use devices[:1]).
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+# One persistent compilation cache for the session, shared by the pytest-xdist workers and the command lines the
+# tests start: a program that took over a second to compile (a train step, say) compiles once, not in every
+# process. The size limit turns on jax's file lock, so no process reads an entry another is still writing.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='jax-compilation-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(4 << 30))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

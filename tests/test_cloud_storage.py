@@ -8,7 +8,7 @@ import io
 
 import fsspec
 import pytest
-from etils.epath import backend
+from etils.epath import backend, gpath
 from fsspec.implementations.memory import MemoryFileSystem
 from tensorboardX import record_writer
 
@@ -43,6 +43,8 @@ class _MemoryEventWriterFactory:
 
 @pytest.fixture
 def fake_gcs(monkeypatch):
+  monkeypatch.setenv('EPATH_USE_TF', 'false')  # else, with TensorFlow installed, epath would use tf.io.gfile
+  gpath._is_tf_installed.cache_clear()
   fsspec.register_implementation('gcs', MemoryFileSystem, clobber=True)
   backend.fsspec_backend._get_filesystem.cache_clear()
   monkeypatch.setitem(record_writer.REGISTERED_FACTORIES, 'gs', _MemoryEventWriterFactory())
@@ -51,6 +53,7 @@ def fake_gcs(monkeypatch):
   MemoryFileSystem.pseudo_dirs[:] = ['']
   fsspec.register_implementation('gcs', 'gcsfs.GCSFileSystem', clobber=True)
   backend.fsspec_backend._get_filesystem.cache_clear()
+  gpath._is_tf_installed.cache_clear()
 
 
 def test_gs_workdir_holds_config_vocabulary_metrics_and_tensorboard(fake_gcs, config, tmp_path):

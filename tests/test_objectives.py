@@ -58,14 +58,15 @@ def test_seq2seq_predictions_equal_step_by_step_argmax(config):
   got = np.asarray(jax.jit(objective.predict)(params, {**batch, 'example_index': jnp.arange(2)}))
 
   # Reference: grow the decoder input one token at a time, running the full model on the prefix.
+  apply = jax.jit(model.apply)  # one program per prefix length (op by op, every small op compiles on its own)
   for row in range(2):
     single = {k: v[row:row + 1] for k, v in batch.items()}
     prefix, want = [0], []
     while len(want) < length:
       n = len(prefix)
-      logits = model.apply({'params': params}, {**single, 'decoder_input_tokens': jnp.array([prefix]),
-                                                'decoder_segment_ids': jnp.ones((1, n), jnp.int32),
-                                                'decoder_positions': jnp.arange(n)[None]})
+      logits = apply({'params': params}, {**single, 'decoder_input_tokens': jnp.array([prefix]),
+                                          'decoder_segment_ids': jnp.ones((1, n), jnp.int32),
+                                          'decoder_positions': jnp.arange(n)[None]})
       token = int(jnp.argmax(logits[0, -1]))
       want.append(token)
       prefix.append(token)

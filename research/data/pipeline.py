@@ -102,12 +102,16 @@ class Layout:
 
 @dataclasses.dataclass(frozen=True)
 class Encode(grain.transforms.Map):
-  """{'input', 'target'} text -> token arrays ending in EOS, truncated, arranged by the layout."""
+  """{'input', 'target'} text -> token arrays ending in EOS, truncated, arranged by the layout.
+
+  A decoder-only layout drops an empty input, so a text corpus trains as plain language modelling."""
   tokenizer: Tokenizer
   layout: Layout
 
   def map(self, example):
     inputs = _ids(self.tokenizer.encode(example['input']), self.layout.max_input_length)
+    if self.layout.kind == 'decoder' and not example['input']:
+      inputs = inputs[:0]  # language modelling (data.input_key=''): the text alone, from the start token
     targets = _ids(self.tokenizer.encode(example['target']), self.layout.max_target_length)
     return self.layout.arrange(inputs, targets, example['target'])
 

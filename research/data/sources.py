@@ -1,11 +1,14 @@
 """Where examples come from: a TFDS dataset (array_record, no TensorFlow) or a user's TSV/JSONL files.
 
 Either way a split is a random-access sequence of {'input': str, 'target': str}, which the grain
-pipeline shuffles, tokenizes and batches the same way.
+pipeline shuffles, tokenizes and batches the same way. TFDS catalog corpora map onto it by their
+feature keys: a translation pair ('en' -> 'de'), one text feature for language modelling (the other
+key '' reads as the empty string), or a text and a ClassLabel, whose integer becomes its class name.
 """
 
 from __future__ import annotations
 
+import difflib
 import glob
 import json
 import os
@@ -15,6 +18,7 @@ import grain
 import ml_collections
 import tensorflow_datasets as tfds
 
+from research import files
 from research.config import ConfigError, check_choice
 from research.data import tokenizer as tokenizer_lib
 
@@ -50,39 +54,76 @@ def tokenizer_for(data: ml_collections.ConfigDict, train: Records) -> tokenizer_
     return tokenizer_lib.ByteTokenizer()
   if data.tokenizer != 'sentencepiece':
     raise ConfigError(f"data.tokenizer={data.tokenizer!r} is not one of 'sentencepiece', 'bytes'")
-  if data.get('vocab_file'):  # a given model (e.g. an imported T5's spiece.model), not trained here
-    if not os.path.exists(data.vocab_file):
+  if data.get('vocab_file'):  # a given model (e.g. an imported T5's spiece.model, local or gs://), not trained here
+    vocab_file = files.path(data.vocab_file)
+    if not vocab_file.exists():
       raise ConfigError(f'data.vocab_file={data.vocab_file!r} does not exist')
-    with open(data.vocab_file, 'rb') as f:
-      return tokenizer_lib.SentencePieceTokenizer(f.read())
+    return tokenizer_lib.SentencePieceTokenizer(vocab_file.read_bytes())
   check_choice(data.tokenizer_model_type, ('unigram', 'bpe'), 'data.tokenizer_model_type')
   count = min(len(train), data.tokenizer_train_examples)
   name = 'spm_{}_{}_{}'.format(data.tokenizer_model_type, data.vocab_size, tokenizer_lib.fingerprint(
       data.source, data.name, data.train_split, data.train_files, data.input_key, data.target_key, count))
-  texts = (text for i in range(count) for text in (train[i]['input'], train[i]['target']))
+  # Both sides of each pair train one shared vocabulary; an absent side ('' key) and class names are left out.
+  sides = ('input',) if data.classes else ('input', 'target')
+  texts = (text for i in range(count) for side in sides if (text := train[i][side]))
   return tokenizer_lib.train_sentencepiece(texts, data.vocab_size, data.tokenizer_model_type, _cache_dir(data), name)
 
 
 def _cache_dir(data: ml_collections.ConfigDict) -> str:
-  if data.source == 'tfds':
-    return os.fspath(tfds.builder(data.name, data_dir=data.data_dir or None).data_dir)
+  if data.source == 'tfds':  # the dataset's versioned directory, local or gs://
+    return os.fspath(_builder(data).data_dir)
   return os.path.dirname(os.path.abspath(_expand(data.train_files, 'data.train_files')[0]))
 
 
-def _tfds_split(data: ml_collections.ConfigDict, split: str) -> Records:
+# Catalog builders that register only when TensorFlow is importable (pip install -r requirements-tf.txt).
+NEEDS_TENSORFLOW = ('c4', 'glue', 'wmt14_translate', 'wmt15_translate', 'wmt16_translate', 'wmt17_translate',
+                    'wmt18_translate', 'wmt19_translate', 'wmt_t2t_translate', 'super_glue')
+
+
+def _builder(data: ml_collections.ConfigDict):
   try:
-    builder = tfds.builder(data.name, data_dir=data.data_dir or None)
+    return tfds.builder(data.name, data_dir=data.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ConfigError(f'data.name={data.name!r}: TFDS does not know this dataset ({str(e).splitlines()[0]})') from None
-  features = list(builder.info.features.keys())
+    base = data.name.split('/')[0].split(':')[0]
+    if base in NEEDS_TENSORFLOW:
+      hint = ('; this catalog builder registers only when TensorFlow is importable: '
+              'pip install -r requirements-tf.txt')
+    else:
+      close = difflib.get_close_matches(base, sorted(set(tfds.list_builders(with_community_datasets=False))), n=3)
+      hint = f'; did you mean {", ".join(close)}?' if close else ''
+    raise ConfigError(f'data.name={data.name!r}: TFDS does not know this dataset '
+                      f'({str(e).splitlines()[0]}){hint}') from None
+
+
+def _tfds_split(data: ml_collections.ConfigDict, split: str) -> Records:
+  builder = _builder(data)
+  features = builder.info.features
   for field in ('input_key', 'target_key'):
-    if data[field] not in features:
+    if data[field] and data[field] not in features:
       raise ConfigError(f'data.{field}={data[field]!r} is not a feature of {data.name}; it has {", ".join(features)}')
+  if not (data.input_key or data.target_key):
+    raise ConfigError(f'data.input_key and data.target_key are both empty; {data.name} has {", ".join(features)}')
   if split.split('[')[0] not in builder.info.splits and builder.info.splits:
     raise ConfigError(f'{data.name} has no split {split!r}; it has {", ".join(builder.info.splits)}')
-  source = tfds.data_source(data.name, split=split, data_dir=data.data_dir or None, download=True)
+  labels = features[data.target_key] if data.target_key else None
+  labels = labels if isinstance(labels, tfds.features.ClassLabel) else None
+  if labels is not None and data.classes and tuple(data.classes) != tuple(labels.names):
+    raise ConfigError(f'data.classes={tuple(data.classes)} differs from the labels of {data.name}.{data.target_key} '
+                      f'{tuple(labels.names)} (in class-id order)')
+  download = data.get('download', True)
+  if not download and not builder.is_prepared():
+    raise ConfigError(f'{data.name} is not prepared at {builder.data_dir} and data.download=False; prepare it there '
+                      f'(tfds build {data.name} --data_dir={data.data_dir or "<default>"} --file_format=array_record) '
+                      f'or set data.download=True')
+  # Prepares the dataset (download_and_prepare, as array_record) into data_dir on first use when allowed.
+  source = tfds.data_source(data.name, split=split, data_dir=data.data_dir or None, download=download)
+
+  def text(example, key):
+    if not key:
+      return ''
+    return labels.int2str(int(example[key])) if labels is not None and key == data.target_key else _text(example[key])
   return grain.MapDataset.source(source).map(lambda ex: {
-      'input': _text(ex[data.input_key]), 'target': _text(ex[data.target_key])})
+      'input': text(ex, data.input_key), 'target': text(ex, data.target_key)})
 
 
 def _text(value) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from typing import Iterable, Protocol
 
 import numpy as np
 import sentencepiece as spm
+
+from research import files
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
@@ -66,22 +67,20 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str, 
                         name: str) -> SentencePieceTokenizer:
   """Trains (once) a `model_type` ('unigram' or 'bpe') model on `texts` and caches it as `cache_dir/name.model`.
 
-  The cache file is written atomically, so a crash never leaves a half-written model behind.
+  `cache_dir` may be local or gs:// (next to a TFDS dataset on Cloud Storage). The cache file is written
+  atomically, so a crash never leaves a half-written model behind.
   """
-  path = os.path.join(cache_dir, f'{name}.model')
-  if os.path.exists(path):
-    with open(path, 'rb') as f:
-      return SentencePieceTokenizer(f.read())
+  path = files.path(cache_dir) / f'{name}.model'
+  if path.exists():
+    return SentencePieceTokenizer(path.read_bytes())
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
       pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, hard_vocab_limit=False,
       split_digits=True, character_coverage=1.0, num_threads=os.cpu_count() or 1,
       minloglevel=2)
-  os.makedirs(cache_dir, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as f:
-    f.write(model.getvalue())
-  os.replace(f.name, path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  files.write_atomic(path, model.getvalue())
   return SentencePieceTokenizer(model.getvalue())
 
 
